@@ -1,0 +1,3 @@
+from nnsdm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""The ``nnsdm`` command: argument parsing only; each subcommand calls the typed API of its module.
+
+Errors the user can fix (``NnsdmError``) become one line on stderr and exit code 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nnsdm import __version__
+from nnsdm.errors import NnsdmError
+from nnsdm.workspace import DEFAULT_WORKSPACE, Workspace
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three integers like 64x160x160") from None
+    if len(values) != 3 or min(values) < 8:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three integers >= 8 like 64x160x160 (z x y x x)")
+    return values  # type: ignore[return-value]
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers in mm like 4x2x2") from None
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three positive numbers in mm like 4x2x2 (z x y x x)")
+    return values  # type: ignore[return-value]
+
+
+def _add_workspace(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", type=Path, default=DEFAULT_WORKSPACE,
+                   help="folder holding nnU-Net's raw, preprocessed and results folders (default: ./nnsdm_workspace)")
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from nnsdm.phantom import generate_dataset
+
+    kwargs = {}
+    if args.shape:
+        kwargs["shape"] = args.shape
+    if args.spacing:
+        kwargs["spacing"] = args.spacing
+    out = generate_dataset(args.out, cases=args.cases, seed=args.seed, naming=args.naming, overwrite=args.overwrite, **kwargs)
+    print(f"wrote {args.cases} synthetic CT cases to {out}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from nnsdm.datasets import convert_flare21
+
+    out = convert_flare21(args.src, args.out, mode="copy" if args.copy else "link", overwrite=args.overwrite)
+    print(f"wrote nnU-Net raw dataset {out}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from nnsdm.datasets import check_dataset
+
+    if not args.dataset.is_dir():
+        raise NnsdmError(f"{args.dataset}: dataset folder not found")
+    problems = check_dataset(args.dataset)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found in {args.dataset}", file=sys.stderr)
+        return 1
+    print(f"{args.dataset}: OK")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from nnsdm.planning import plan
+
+    summary = plan(args.dataset, workspace=Workspace(args.workspace), preset=args.preset, dataset_id=args.dataset_id,
+                   num_processes=args.processes, verbose=args.verbose)
+    print(summary)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nnsdm.evaluation import evaluate_folder, format_summary, parse_tolerance
+
+    summary = evaluate_folder(pred=args.pred, gt=args.gt, out=args.out, tolerance_mm=parse_tolerance(args.tolerance),
+                              hd95=args.hd95)
+    print(format_summary(summary))
+    print(f"wrote {args.out / 'metrics.csv'} and {args.out / 'summary.csv'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnsdm", description="Signed-distance-map training for nnU-Net v2 (FLARE21 organs).")
+    parser.add_argument("--version", action="version", version=f"nnsdm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("phantom", help="write a synthetic abdominal CT dataset (nnU-Net raw layout)",
+                       description="Write a synthetic abdominal CT dataset with liver, kidney, spleen and pancreas labels.")
+    p.add_argument("out", type=Path, help="output dataset folder")
+    p.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
+    p.add_argument("--shape", type=_shape, help="nominal image shape z x y x x, e.g. 64x160x160 (varies per case)")
+    p.add_argument("--spacing", type=_spacing, help="nominal voxel spacing in mm z x y x x (varies per case)")
+    p.add_argument("--naming", choices=["nnunet", "flare21"], default="nnunet",
+                   help="nnunet: imagesTr/labelsTr/dataset.json; flare21: the FLARE21 release layout")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("convert-flare21", help="turn the FLARE21 release layout into an nnU-Net raw dataset",
+                       description="Link (or copy) FLARE21 TrainingImg/TrainingMask/ValidationImg into an nnU-Net raw dataset. Source files are never altered.")
+    p.add_argument("src", type=Path, help="FLARE21 folder holding TrainingImg/ and TrainingMask/")
+    p.add_argument("out", type=Path, help="output nnU-Net raw dataset folder")
+    p.add_argument("--copy", action="store_true", help="copy files instead of linking them")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("check", help="validate a raw dataset and list every problem",
+                       description="Validate an nnU-Net raw dataset; prints one line per problem and exits 1 if there are any.")
+    p.add_argument("dataset", type=Path, help="nnU-Net raw dataset folder (dataset.json, imagesTr/, labelsTr/)")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("plan", help="fingerprint, plan and preprocess a dataset (3d_fullres)",
+                       description="Check the dataset, then run nnU-Net's fingerprint, planning and 3d_fullres preprocessing in the workspace.")
+    p.add_argument("dataset", type=Path, help="nnU-Net raw dataset folder (linked into the workspace, never modified)")
+    _add_workspace(p)
+    p.add_argument("--preset", choices=["default", "flare21", "cpu-small"], default="default",
+                   help="default: nnU-Net's plan; flare21: the paper's patch 80x192x160, batch 2; cpu-small: small network for CPUs")
+    p.add_argument("--dataset-id", type=int, help="nnU-Net dataset id (default: first free id from 501)")
+    p.add_argument("--processes", type=int, help="worker processes for fingerprint and preprocessing (default: CPU count, at most 8)")
+    p.add_argument("--verbose", action="store_true", help="show nnU-Net's own planning output")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("evaluate", help="Dice and NSD per case and organ with the FLARE21 rules",
+                       description="Score predicted label maps against ground truth with the FLARE21 rules (DSC and NSD per organ).")
+    p.add_argument("--pred", type=Path, required=True, help="folder of predicted CASE.nii.gz")
+    p.add_argument("--gt", type=Path, required=True, help="folder of ground-truth CASE.nii.gz")
+    p.add_argument("--out", type=Path, required=True, help="output folder for metrics.csv and summary.csv")
+    p.add_argument("--tolerance", default="1",
+                   help="NSD tolerance in mm: one value for all organs (FLARE21: 1) or per organ, e.g. liver=5,kidney=3,spleen=3,pancreas=5 (FLARE22)")
+    p.add_argument("--hd95", action="store_true", help="also compute the 95th-percentile Hausdorff distance")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nnsdm`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NnsdmError as exc:
+        print(f"nnsdm: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nnsdm: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("nnsdm: error: out of memory", file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
