@@ -1,0 +1,587 @@
+"""FLARE21 evaluation: Dice, normalized surface Dice (NSD) and HD95 per organ, and the ``evaluate`` job.
+
+The FLARE21 rules (official evaluation code, JunMa11/FLARE): per organ 1..4, Dice and NSD at a tolerance
+of 1 mm for every organ (FLARE22 later used liver 5, kidney 3, spleen 3, pancreas 5 mm), with the voxel
+spacing of the ground truth. Both masks empty scores 1 (DSC and NSD); exactly one empty scores 0.
+
+NSD follows DeepMind's surface-distance algorithm (``surface-distance`` on PyPI), value for value:
+
+* both masks are cropped to the bounding box of their union plus one voxel of zeros on each side;
+* every 2x2x2 cube of voxels gets an 8-bit neighbourhood code (corner ``(a, b, c)`` of the cube is bit
+  ``7 - (4a + 2b + c)``, i.e. the kernel ``[[[128, 64], [32, 16]], [[8, 4], [2, 1]]]``); a cube whose
+  code is neither 0 nor 255 is a surface element ("surfel");
+* each surfel has the area (mm^2) of the marching-cubes surface inside its cube, from a 256-entry table
+  built for the spacing (:func:`surface_area_table`);
+* each surfel's distance to the other mask's surfels is measured between cube positions in mm;
+* NSD = (gt area within tolerance + pred area within tolerance) / (gt area + pred area).
+
+This implementation computes the codes by array slicing on the tight crop. For the within-tolerance
+test it dilates the other surface by the tolerance ball when the ball has few voxels (1 mm: 5 to 20),
+and otherwise uses the ``edt`` package's float32 distance transform, re-deciding exactly the surfels
+whose distance lies within float32 rounding of the tolerance (see :func:`_within_tolerance`). Both give
+DeepMind's values (tests compare with the reference package and a brute-force implementation) about
+10x faster at 1 mm (``benchmarks/metrics.py``). HD95 is DeepMind's robust Hausdorff distance at 95 %
+over the same surfels, with float64 distances from a k-d tree.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import edt
+import numpy as np
+from scipy import ndimage
+
+from nnsdm.errors import NnsdmError
+
+__all__ = [
+    "ORGANS",
+    "FLARE21_TOLERANCE_MM",
+    "FLARE22_TOLERANCE_MM",
+    "dice",
+    "normalized_surface_dice",
+    "hd95",
+    "surface_area_table",
+    "summarize",
+    "parse_tolerance",
+    "evaluate_case",
+    "evaluate_folder",
+    "format_summary",
+]
+
+log = logging.getLogger(__name__)
+
+ORGANS: dict[int, str] = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"}
+FLARE21_TOLERANCE_MM: dict[int, float] = {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}
+FLARE22_TOLERANCE_MM: dict[int, float] = {1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0}
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha")
+
+# Bit of each corner (a, b, c) of a 2x2x2 cube in the neighbourhood code: DeepMind's kernel
+# [[[128, 64], [32, 16]], [[8, 4], [2, 1]]] read in C order.
+_CORNERS = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+_CORNER_BIT = {corner: 7 - i for i, corner in enumerate(_CORNERS)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Surface elements
+
+
+@functools.lru_cache(maxsize=1)
+def _unit_triangles() -> tuple[np.ndarray, np.ndarray]:
+    """Marching-cubes triangles of every neighbourhood code in voxel units: (codes (T,), vertices (T, 3, 3)).
+
+    Construction: for code ``k``, the cube's corners are set to 1 where ``k`` has a bit, and the 0.5
+    iso-surface is triangulated with Lorensen & Cline's marching-cubes case table (scikit-image's
+    ``marching_cubes(method="lorensen")``), so every vertex is the midpoint of a cube edge. Lorensen's
+    table is defined for at most four inside corners and uses the complement otherwise (the same surface
+    seen from the other side), so a code with more than four bits is triangulated as ``255 - k``. This
+    reproduces DeepMind's table of surfel normals exactly (checked in tests against ``surface-distance``).
+    """
+    from skimage.measure import marching_cubes
+
+    codes, triangles = [], []
+    for code in range(1, 255):
+        side = code if bin(code).count("1") <= 4 else 255 - code
+        cube = np.zeros((2, 2, 2))
+        for corner, bit in _CORNER_BIT.items():
+            cube[corner] = (side >> bit) & 1
+        verts, faces, _, _ = marching_cubes(cube, 0.5, method="lorensen")
+        triangles.append(verts[faces].astype(np.float64))
+        codes.append(np.full(len(faces), code))
+    return np.concatenate(codes), np.concatenate(triangles)
+
+
+@functools.lru_cache(maxsize=64)
+def _area_table(spacing: tuple[float, float, float]) -> np.ndarray:
+    codes, triangles = _unit_triangles()
+    tri = triangles * np.asarray(spacing)
+    areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    table = np.bincount(codes, weights=areas, minlength=256)
+    table.setflags(write=False)
+    return table
+
+
+def surface_area_table(spacing: Sequence[float]) -> np.ndarray:
+    """Area in mm^2 of the surface inside a 2x2x2 cube, for each of the 256 neighbourhood codes (read-only).
+
+    ``spacing`` is (z, y, x) in mm, in the masks' axis order. Codes 0 and 255 have no surface (area 0).
+    """
+    return _area_table(_check_spacing(spacing))
+
+
+def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing {spacing} must be three positive finite values (z, y, x) in mm")
+    return spacing
+
+
+def _check_masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape or pred.ndim != 3:
+        raise ValueError(f"masks must be 3D arrays of the same shape, got {pred.shape} and {gt.shape}")
+    return pred, gt
+
+
+def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive (low, high) corner of the mask's bounding box, or None if the mask is empty."""
+    z = np.flatnonzero(mask.any(axis=(1, 2)))
+    if z.size == 0:
+        return None
+    plane = mask[z[0] : z[-1] + 1].any(axis=0)
+    y = np.flatnonzero(plane.any(axis=1))
+    x = np.flatnonzero(plane.any(axis=0))
+    return np.array([z[0], y[0], x[0]]), np.array([z[-1], y[-1], x[-1]])
+
+
+def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
+    """uint8 neighbourhood code of every 2x2x2 cube of the mask padded by one zero voxel on each side.
+
+    Position ``i`` of the result is the cube of voxels ``i - 1`` and ``i`` along each axis (DeepMind's
+    ``correlate`` with the 2x2x2 kernel), so the shape is ``mask.shape + 1``.
+    """
+    padded = np.zeros(tuple(n + 2 for n in mask.shape), dtype=np.uint8)
+    padded[1:-1, 1:-1, 1:-1] = mask
+    n0, n1, n2 = (n + 1 for n in mask.shape)
+    codes = np.zeros((n0, n1, n2), dtype=np.uint8)
+    for (a, b, c), bit in _CORNER_BIT.items():
+        codes |= padded[a : a + n0, b : b + n1, c : c + n2] << bit
+    return codes
+
+
+class _Surfaces:
+    """Surfels of gt and pred on the common cube grid of the union crop: a border mask and areas per side."""
+
+    def __init__(self, pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, float, float]):
+        boxes = [b for b in (_bbox(pred), _bbox(gt)) if b is not None]
+        lo = np.min([b[0] for b in boxes], axis=0)
+        hi = np.max([b[1] for b in boxes], axis=0)
+        crop = tuple(slice(int(l), int(h) + 1) for l, h in zip(lo, hi))
+        table = _area_table(spacing)
+        self.border, self.areas = {}, {}
+        for name, mask in (("gt", gt), ("pred", pred)):
+            codes = _neighbour_codes(mask[crop])
+            border = (codes != 0) & (codes != 255)
+            self.border[name] = border
+            self.areas[name] = table[codes[border]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distances
+
+
+def _scipy_distance(offsets: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Distance in mm of integer offsets, rounded exactly as scipy's ``distance_transform_edt`` computes it."""
+    sq = (offsets.astype(np.float64) * np.asarray(spacing)) ** 2
+    return np.sqrt((sq[:, 0] + sq[:, 1]) + sq[:, 2])
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(spacing: tuple[float, float, float], low: float, high: float) -> np.ndarray:
+    """Integer offsets (n, 3) whose distance d, rounded as scipy rounds it, satisfies low <= d <= high.
+
+    Enumerated row by row (fixed z and y offsets) with a one-voxel margin around the real-valued x range,
+    then filtered with the exact rounding.
+    """
+    sz, sy, sx = spacing
+    rows = []
+    for dz in range(-math.floor(high / sz), math.floor(high / sz) + 1):
+        for dy in range(-math.floor(high / sy), math.floor(high / sy) + 1):
+            base = (dz * sz) ** 2 + (dy * sy) ** 2
+            x_hi = math.floor(math.sqrt(max(high**2 - base, 0.0)) / sx) + 1
+            x_lo = max(math.ceil(math.sqrt(max(low**2 - base, 0.0)) / sx) - 1, 0)
+            dx = np.arange(x_lo, x_hi + 1)
+            dx = np.unique(np.concatenate([-dx, dx]))
+            rows.append(np.column_stack([np.full(dx.size, dz), np.full(dx.size, dy), dx]))
+    grid = np.concatenate(rows)
+    d = _scipy_distance(grid, spacing)
+    return grid[(d >= low) & (d <= high)]
+
+
+def _dilate(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Positions p with ``mask[p + o]`` for some offset o (the offsets here are symmetric, so a plain dilation)."""
+    out = np.zeros_like(mask)
+    for offset in offsets:
+        if any(abs(int(o)) >= n for o, n in zip(offset, mask.shape)):
+            continue
+        dst = tuple(slice(0, n - o) if o >= 0 else slice(-o, n) for o, n in zip(offset, mask.shape))
+        src = tuple(slice(o, n) if o >= 0 else slice(0, n + o) for o, n in zip(offset, mask.shape))
+        out[dst] |= mask[src]
+    return out
+
+
+# A tolerance ball of at most this many voxels is applied by shifted ORs (about 0.5 ms per offset and
+# million voxels); larger ones by an edt distance transform (about 50 ms per million voxels).
+_MAX_BALL_OFFSETS = 125
+
+
+def _within_tolerance(own: np.ndarray, other: np.ndarray, spacing: tuple[float, float, float],
+                      tolerance: float) -> np.ndarray:
+    """Whether each surfel of ``own`` (np.nonzero order) lies within ``tolerance`` mm of a surfel of ``other``.
+
+    DeepMind tests ``distance <= tolerance`` with scipy's float64 distances. A small tolerance ball is
+    enumerated with scipy's rounding and ``other`` dilated by it, which is exact. Otherwise distances come
+    from ``edt`` in float32, and a surfel whose distance is within ``eps`` of the tolerance is re-decided
+    exactly: no surfel of ``other`` is then nearer than ``tolerance - 2 eps``, so the answer is whether
+    ``other`` has a surfel at one of the offsets in the shell ``[tolerance - 2 eps, tolerance]``.
+    """
+    ball_volume = 4 / 3 * math.pi * (tolerance + max(spacing)) ** 3 / math.prod(spacing)
+    if ball_volume <= 4 * _MAX_BALL_OFFSETS:
+        ball = _offsets(spacing, 0.0, tolerance)
+        if len(ball) <= _MAX_BALL_OFFSETS:
+            return _dilate(other, ball)[own]
+    d = edt.edt(~other, anisotropy=spacing, black_border=False)[own]
+    within = d <= tolerance
+    eps = 1e-5 * max(tolerance, 1.0)  # float32 rounding of edt is about 1e-7 relative
+    ambiguous = np.flatnonzero(np.abs(d - tolerance) <= eps)
+    if ambiguous.size:
+        points = np.argwhere(own)[ambiguous]
+        hit = np.zeros(len(points), dtype=bool)
+        shape = np.array(other.shape)
+        for offset in _offsets(spacing, tolerance - 2 * eps, tolerance):
+            q = points + offset
+            ok = np.all((q >= 0) & (q < shape), axis=1)
+            hit[ok] |= other[tuple(q[ok].T)]
+        within[ambiguous] = hit
+    return within
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice similarity coefficient of two boolean masks; both empty gives 1.0, exactly one empty 0.0."""
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    total = np.count_nonzero(pred) + np.count_nonzero(gt)
+    if total == 0:
+        return 1.0
+    return 2.0 * np.count_nonzero(pred & gt) / total
+
+
+def normalized_surface_dice(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance_mm: float) -> float:
+    """Normalized surface Dice of two 3D boolean masks at ``tolerance_mm``, as DeepMind's surface-distance computes it.
+
+    ``spacing`` is (z, y, x) in mm. FLARE21 rules for empty masks: both empty gives 1.0, exactly one empty 0.0.
+    """
+    pred, gt = _check_masks(pred, gt)
+    spacing = _check_spacing(spacing)
+    tolerance_mm = float(tolerance_mm)
+    if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
+        raise ValueError(f"tolerance {tolerance_mm} must be a finite value >= 0 (mm)")
+    has_pred, has_gt = pred.any(), gt.any()
+    if not (has_pred and has_gt):
+        return 1.0 if not (has_pred or has_gt) else 0.0
+    s = _Surfaces(pred, gt, spacing)
+    gt_in = _within_tolerance(s.border["gt"], s.border["pred"], spacing, tolerance_mm)
+    pred_in = _within_tolerance(s.border["pred"], s.border["gt"], spacing, tolerance_mm)
+    inside = s.areas["gt"][gt_in].sum() + s.areas["pred"][pred_in].sum()
+    return float(inside / (s.areas["gt"].sum() + s.areas["pred"].sum()))
+
+
+def _robust_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -> float:
+    """DeepMind's area-weighted percentile: sort by (distance, area), first surfel whose cumulative area reaches it."""
+    order = np.lexsort((areas, distances))
+    cumulative = np.cumsum(areas[order]) / areas.sum()
+    idx = min(int(np.searchsorted(cumulative, percent / 100.0)), len(order) - 1)
+    return float(distances[order][idx])
+
+
+def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th-percentile (robust) Hausdorff distance in mm, DeepMind's ``compute_robust_hausdorff(..., 95)``.
+
+    The larger of the two directed area-weighted 95th percentiles of surfel-to-surface distances.
+    Empty masks: both empty gives 0.0; exactly one empty gives ``inf`` (DeepMind returns inf there too).
+    """
+    from scipy.spatial import cKDTree
+
+    pred, gt = _check_masks(pred, gt)
+    spacing = _check_spacing(spacing)
+    has_pred, has_gt = pred.any(), gt.any()
+    if not (has_pred and has_gt):
+        return 0.0 if not (has_pred or has_gt) else math.inf
+    s = _Surfaces(pred, gt, spacing)
+    points = {name: np.argwhere(border) * np.asarray(spacing) for name, border in s.border.items()}
+    result = 0.0
+    for own, other in (("gt", "pred"), ("pred", "gt")):
+        distances, _ = cKDTree(points[other]).query(points[own])
+        result = max(result, _robust_percentile(distances, s.areas[own], 95.0))
+    return result
+
+
+_hd95 = hd95  # evaluate_case's keyword ``hd95`` shadows the function
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Options
+
+
+def parse_tolerance(text: str) -> dict[int, float]:
+    """NSD tolerance per organ label from a command-line value.
+
+    ``"1"``: 1 mm for every organ; ``"liver=5,kidney=3,spleen=3,pancreas=5"`` (organ names or labels as
+    keys, every organ given once); ``"flare21"`` / ``"flare22"``: those challenges' tolerances.
+    Raises ``NnsdmError`` on anything else.
+    """
+    text = str(text).strip()
+    presets = {"flare21": FLARE21_TOLERANCE_MM, "flare22": FLARE22_TOLERANCE_MM}
+    if text.lower() in presets:
+        return dict(presets[text.lower()])
+
+    def value(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and v >= 0):
+            raise NnsdmError(f"--tolerance: {s.strip()!r} is not a distance in mm (a number >= 0)")
+        return v
+
+    if "=" not in text:
+        v = value(text)
+        return {label: v for label in ORGANS}
+    by_name = {name: label for label, name in ORGANS.items()}
+    result: dict[int, float] = {}
+    for item in text.split(","):
+        key, sep, val = item.partition("=")
+        key = key.strip().lower()
+        label = by_name.get(key, int(key) if re.fullmatch(r"\d+", key) else None)
+        if not sep or label not in ORGANS:
+            names = ", ".join(ORGANS.values())
+            raise NnsdmError(f"--tolerance: {item.strip()!r} is not ORGAN=MM with ORGAN one of {names}")
+        if label in result:
+            raise NnsdmError(f"--tolerance: {ORGANS[label]} given twice")
+        result[label] = value(val)
+    missing = [ORGANS[label] for label in ORGANS if label not in result]
+    if missing:
+        raise NnsdmError(f"--tolerance: no value for {', '.join(missing)}")
+    return dict(sorted(result.items()))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cases and folders
+
+
+def _case_name(path: Path) -> str | None:
+    """CASE for CASE.nii.gz / CASE.nii / CASE.mha, else None."""
+    for suffix in IMAGE_SUFFIXES:
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def _spacing_zyx(image) -> tuple[float, float, float]:
+    return tuple(float(s) for s in reversed(image.GetSpacing()))
+
+
+def _check_geometry(pred_img, gt_img, pred_path: Path, gt_path: Path) -> None:
+    """NnsdmError naming the prediction if its grid differs from the ground truth's."""
+    problems = []
+    if pred_img.GetSize() != gt_img.GetSize():
+        problems.append(f"size {pred_img.GetSize()} != {gt_img.GetSize()}")
+    else:
+        ps, gs = np.array(pred_img.GetSpacing()), np.array(gt_img.GetSpacing())
+        if not np.allclose(ps, gs, rtol=1e-3, atol=0):
+            problems.append(f"spacing {tuple(ps)} != {tuple(gs)}")
+        po, go = np.array(pred_img.GetOrigin()), np.array(gt_img.GetOrigin())
+        if not np.allclose(po, go, rtol=0, atol=1e-3 * float(gs.min())):
+            problems.append(f"origin {tuple(po)} != {tuple(go)}")
+        if not np.allclose(pred_img.GetDirection(), gt_img.GetDirection(), rtol=0, atol=1e-4):
+            problems.append("direction differs")
+    if problems:
+        raise NnsdmError(f"{pred_path}: geometry does not match ground truth {gt_path.name}: {'; '.join(problems)}")
+
+
+def _label_array(image, path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise NnsdmError(f"{path}: not a 3D single-channel label image")
+    arr = sitk.GetArrayViewFromImage(image)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+            raise NnsdmError(f"{path}: not a label map (non-integer values)")
+        arr = arr.astype(np.int32)
+    elif arr.dtype.kind not in "iu":
+        raise NnsdmError(f"{path}: not a label map (pixel type {arr.dtype})")
+    return arr
+
+
+def _case_metrics(pred: np.ndarray | None, gt: np.ndarray, spacing: tuple[float, float, float], *,
+                  tolerance_mm: Mapping[int, float], hd95: bool, labels: Mapping[int, str]) -> list[dict]:
+    """Metric rows for every label; each label is scored on the union bounding box of its two masks."""
+    max_label = max(labels)
+    gt_boxes = ndimage.find_objects(gt, max_label=max_label)
+    pred_boxes = ndimage.find_objects(pred, max_label=max_label) if pred is not None else [None] * max_label
+    rows = []
+    for label, organ in labels.items():
+        row = {"label": int(label), "organ": organ}
+        boxes = [b for b in (gt_boxes[label - 1], pred_boxes[label - 1]) if b is not None]
+        if not boxes:
+            row.update(dsc=1.0, nsd=1.0)
+            if hd95:
+                row["hd95"] = 0.0
+        else:
+            crop = tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
+            g = gt[crop] == label
+            p = pred[crop] == label if pred is not None else np.zeros_like(g)
+            row.update(dsc=dice(p, g), nsd=normalized_surface_dice(p, g, spacing, tolerance_mm[label]))
+            if hd95:
+                row["hd95"] = _hd95(p, g, spacing)
+        rows.append(row)
+    return rows
+
+
+def _resolve_tolerance(tolerance_mm: Mapping[int, float] | float, labels: Mapping[int, str]) -> dict[int, float]:
+    if isinstance(tolerance_mm, Mapping):
+        missing = [labels[label] for label in labels if label not in tolerance_mm]
+        if missing:
+            raise ValueError(f"no NSD tolerance for {', '.join(missing)}")
+        return {label: float(tolerance_mm[label]) for label in labels}
+    return {label: float(tolerance_mm) for label in labels}
+
+
+def evaluate_case(pred_path: Path | None, gt_path: Path, *, tolerance_mm: Mapping[int, float] | float = 1.0,
+                  hd95: bool = False, labels: Mapping[int, str] = ORGANS) -> list[dict]:
+    """Score one prediction against its ground truth: one row per label (case, label, organ, dsc, nsd[, hd95]).
+
+    ``pred_path`` None scores an empty prediction. Spacing comes from the ground truth header; a
+    prediction on a different grid raises ``NnsdmError`` naming the prediction file.
+    """
+    from nnsdm.fileio import read_image
+
+    labels = {int(k): v for k, v in labels.items()}
+    if not labels or min(labels) < 1:
+        raise ValueError(f"labels {labels} must be a non-empty mapping of positive labels to names")
+    tolerance = _resolve_tolerance(tolerance_mm, labels)
+    gt_path = Path(gt_path)
+    gt_img = read_image(gt_path)
+    gt = _label_array(gt_img, gt_path)
+    pred = None
+    if pred_path is not None:
+        pred_path = Path(pred_path)
+        pred_img = read_image(pred_path)
+        _check_geometry(pred_img, gt_img, pred_path, gt_path)
+        pred = _label_array(pred_img, pred_path)
+    rows = _case_metrics(pred, gt, _spacing_zyx(gt_img), tolerance_mm=tolerance, hd95=hd95, labels=labels)
+    case = _case_name(gt_path) or gt_path.name
+    return [{"case": case, **row} for row in rows]
+
+
+def _find_prediction(pred_dir: Path, case: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        candidate = pred_dir / f"{case}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _evaluate_one(job: tuple) -> list[dict]:
+    pred_path, gt_path, kwargs = job
+    return evaluate_case(pred_path, gt_path, **kwargs)
+
+
+def summarize(metrics) -> "pandas.DataFrame":  # noqa: F821
+    """Per organ mean and std of each metric over cases, plus an ``all`` row.
+
+    The ``all`` row averages each case's organ mean: its mean is the mean over organs, its std the spread
+    over cases. Standard deviations are population ones (numpy's ``ddof=0``), defined for a single case;
+    a metric with an infinite value (HD95 of a missed organ) has an infinite mean and a NaN std.
+    """
+    import pandas as pd
+
+    columns = [c for c in ("dsc", "nsd", "hd95") if c in metrics.columns]
+    organs = list(dict.fromkeys(metrics["organ"]))
+    rows = {}
+    for organ in organs:
+        part = metrics[metrics["organ"] == organ]
+        rows[organ] = _stats(part, columns)
+    per_case = metrics.groupby("case", sort=False)[columns].mean()
+    rows["all"] = _stats(per_case, columns)
+    summary = pd.DataFrame.from_dict(rows, orient="index")
+    summary.index.name = "organ"
+    return summary
+
+
+def _stats(frame, columns) -> dict:
+    out = {"cases": int(frame["case"].nunique()) if "case" in frame.columns else len(frame)}
+    for c in columns:
+        values = frame[c].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            out[f"{c}_mean"] = float(np.mean(values))
+            out[f"{c}_std"] = float(np.std(values)) if np.all(np.isfinite(values)) else math.nan
+    return out
+
+
+def evaluate_folder(*, pred: Path, gt: Path, out: Path, tolerance_mm: Mapping[int, float] | float = 1.0,
+                    hd95: bool = False, labels: Mapping[int, str] = ORGANS, progress: bool = True,
+                    workers: int = 1) -> "pandas.DataFrame":  # noqa: F821
+    """Score every ground-truth case; write out/metrics.csv (case,label,organ,dsc,nsd[,hd95]) and out/summary.csv
+    (per organ mean and std of each metric, plus an 'all' row); return the summary frame.
+
+    Ground-truth cases are the ``CASE.nii.gz`` / ``.nii`` / ``.mha`` files in ``gt``; the prediction is
+    ``pred/CASE`` with any of these suffixes. A missing prediction is scored as empty (0 where the organ
+    exists) and logged as a one-line warning. ``workers`` > 1 scores cases in that many processes.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    from nnsdm.fileio import atomic_path
+
+    pred, gt, out = Path(pred), Path(gt), Path(out)
+    if not gt.is_dir():
+        raise NnsdmError(f"{gt}: ground-truth folder not found")
+    if not pred.is_dir():
+        raise NnsdmError(f"{pred}: prediction folder not found")
+    cases = sorted((name, p) for p in gt.iterdir() if p.is_file() and (name := _case_name(p)) is not None)
+    if not cases:
+        raise NnsdmError(f"{gt}: no ground-truth images ({', '.join(IMAGE_SUFFIXES)})")
+    labels = {int(k): v for k, v in labels.items()}
+    kwargs = {"tolerance_mm": _resolve_tolerance(tolerance_mm, labels), "hd95": hd95, "labels": labels}
+    jobs = []
+    for name, gt_path in cases:
+        pred_path = _find_prediction(pred, name)
+        if pred_path is None:
+            log.warning("%s: prediction missing, scored as empty", pred / f"{name}.nii.gz")
+        jobs.append((pred_path, gt_path, kwargs))
+
+    bar = dict(total=len(jobs), desc="evaluate", unit="case", file=sys.stderr, disable=not progress)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(tqdm(pool.map(_evaluate_one, jobs), **bar))
+    else:
+        results = [_evaluate_one(job) for job in tqdm(jobs, **bar)]
+
+    columns = ["case", "label", "organ", "dsc", "nsd"] + (["hd95"] if hd95 else [])
+    metrics = pd.DataFrame([row for rows in results for row in rows], columns=columns)
+    summary = summarize(metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "metrics.csv") as tmp:
+        metrics.to_csv(tmp, index=False)
+    with atomic_path(out / "summary.csv") as tmp:
+        summary.to_csv(tmp)
+    return summary
+
+
+def format_summary(summary) -> str:
+    """The summary as a printable table: one line per organ with mean +- std of each metric."""
+    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    header = ["organ", "cases"] + [m.upper() for m in metrics]
+    lines = [header]
+    for organ, row in summary.iterrows():
+        lines.append([str(organ), str(int(row["cases"]))]
+                     + [f"{row[f'{m}_mean']:.4f} ± {row[f'{m}_std']:.4f}" for m in metrics])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )
