@@ -86,6 +86,35 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from nnsdm.training import train
+
+    model = train(workspace=Workspace(args.workspace), fold=args.fold, dataset=args.dataset, sdm_weight=args.sdm_weight,
+                  epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, val_iterations=args.val_iterations,
+                  save_every=args.save_every, device=args.device, resume=args.resume, validate=not args.no_validation,
+                  workers=args.workers, gpus=args.gpus)
+    print(f"model folder: {model}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nnsdm.export import export_stock_model
+
+    out = export_stock_model(args.model, args.out, overwrite=args.overwrite)
+    print(f"wrote stock nnU-Net model folder {out} (run it with nnUNetv2_predict_from_modelfolder -m {out})")
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from nnsdm.export import model_statistics
+
+    stats = model_statistics(args.source)
+    print(f"network      {stats['network']}, patch {'x'.join(map(str, stats['patch_size']))}")
+    print(f"parameters   {stats['parameters']:,} (with SDM head {stats['parameters_with_sdm_head']:,})")
+    print(f"FLOPs        {stats['flops']:,} (with SDM head {stats['flops_with_sdm_head']:,}); one forward pass, batch 1")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nnsdm.evaluation import evaluate_folder, format_summary, parse_tolerance
 
@@ -136,6 +165,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=int, help="worker processes for fingerprint and preprocessing (default: CPU count, at most 8)")
     p.add_argument("--verbose", action="store_true", help="show nnU-Net's own planning output")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("train", help="train the SDM model on one fold (nnU-Net trainer + SDM head)",
+                       description="Train nnU-Net with the signed-distance-map head on one cross-validation fold of the workspace's planned dataset.")
+    _add_workspace(p)
+    p.add_argument("--fold", default="0", help="0, 1, 2, 3, 4, or all (train on every case) (default 0)")
+    p.add_argument("--dataset", help="dataset name or id, when the workspace holds several")
+    p.add_argument("--epochs", type=int, default=1000, help="epochs (default 1000, nnU-Net's; the paper's SDM model ran 100)")
+    p.add_argument("--iterations-per-epoch", type=int, default=250, help="training iterations per epoch (default 250)")
+    p.add_argument("--val-iterations", type=int, help="validation iterations per epoch (default: a fifth of the training iterations)")
+    p.add_argument("--sdm-weight", type=float, default=1.0, help="weight of the SDM loss; 0 trains the plain nnU-Net baseline (default 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device (default: CUDA if available)")
+    p.add_argument("--continue", dest="resume", action="store_true", help="resume from the fold's latest checkpoint")
+    p.add_argument("--save-every", type=int, default=50, help="write checkpoint_latest.pth every N epochs (default 50)")
+    p.add_argument("--workers", type=int, help="augmentation worker processes (default: nnU-Net's choice)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs for distributed data-parallel training (default 1)")
+    p.add_argument("--no-validation", action="store_true", help="skip the final validation of the fold")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="write a stock nnU-Net model folder without the SDM head",
+                       description="Export a trained model as a stock nnU-Net v2 model folder that nnUNetv2_predict_from_modelfolder runs.")
+    p.add_argument("--model", type=Path, required=True, help="trained nnsdm model folder")
+    p.add_argument("--out", type=Path, required=True, help="output model folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("stats", help="parameter count and FLOPs of the planned network, with and without the SDM head",
+                       description="Count parameters and FLOPs of one forward pass at the planned patch size.")
+    p.add_argument("--model", dest="source", type=Path, required=True, help="model folder, or a plans file (nnUNetPlans.json) beside its dataset.json")
+    p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("evaluate", help="Dice and NSD per case and organ with the FLARE21 rules",
                        description="Score predicted label maps against ground truth with the FLARE21 rules (DSC and NSD per organ).")

@@ -299,8 +299,8 @@ def build_trainer(
     device: str = "auto",
 ):
     """An initialised-on-demand nnsdm trainer for one fold of the workspace's planned dataset."""
+    name = workspace.dataset_name(dataset)  # before activate(): a wrong path must not create a workspace
     workspace.activate()
-    name = workspace.dataset_name(dataset)
     pre = workspace.preprocessed / name
     plans_file = pre / f"{PLANS_IDENTIFIER}.json"
     if not plans_file.is_file():
