@@ -92,7 +92,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = train(workspace=Workspace(args.workspace), fold=args.fold, dataset=args.dataset, sdm_weight=args.sdm_weight,
                   epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, val_iterations=args.val_iterations,
                   save_every=args.save_every, device=args.device, resume=args.resume, validate=not args.no_validation,
-                  workers=args.workers, gpus=args.gpus)
+                  validation_tta=not args.validation_no_tta, workers=args.workers, gpus=args.gpus)
     print(f"model folder: {model}")
     return 0
 
@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="augmentation worker processes (default: nnU-Net's choice)")
     p.add_argument("--gpus", type=int, default=1, help="GPUs for distributed data-parallel training (default 1)")
     p.add_argument("--no-validation", action="store_true", help="skip the final validation of the fold")
+    p.add_argument("--validation-no-tta", action="store_true", help="final validation without mirroring (8x faster on a CPU)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("export", help="write a stock nnU-Net model folder without the SDM head",

@@ -356,34 +356,38 @@ def train(
     device: str = "auto",
     resume: bool = False,
     validate: bool = True,
+    validation_tta: bool = True,
     workers: int | None = None,
     gpus: int = 1,
 ) -> Path:
     """Train one fold (``'all'``: every training case) and return the model folder.
 
     ``resume`` continues from the fold's latest checkpoint: epoch counter, optimiser state, logs and
-    the poly learning-rate schedule (a function of the epoch) carry on exactly.
+    the poly learning-rate schedule (a function of the epoch) carry on exactly. ``validate`` runs
+    nnU-Net's final validation of the fold (``fold_K/validation/``); ``validation_tta=False`` skips its
+    mirroring (8x faster on a CPU; the saved model keeps its mirroring axes for prediction).
     """
     if workers is not None:
         os.environ["nnUNet_n_proc_DA"] = str(max(0, int(workers)))
     if gpus > 1:
         return _train_ddp(gpus, dict(workspace=workspace, fold=fold, dataset=dataset, sdm_weight=sdm_weight, epochs=epochs,
                                      iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations,
-                                     save_every=save_every, device="cuda", resume=resume, validate=validate))
+                                     save_every=save_every, device="cuda", resume=resume, validate=validate,
+                                     validation_tta=validation_tta))
     trainer = build_trainer(workspace=workspace, fold=fold, dataset=dataset, sdm_weight=sdm_weight, epochs=epochs,
                             iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations,
                             save_every=save_every, device=device)
-    _run(trainer, resume=resume, validate=validate)
+    _run(trainer, resume=resume, validate=validate, validation_tta=validation_tta)
     return Path(trainer.output_folder_base)
 
 
-def _run(trainer, *, resume: bool, validate: bool) -> None:
+def _run(trainer, *, resume: bool, validate: bool, validation_tta: bool = True) -> None:
     if resume:
         checkpoint = find_resume_checkpoint(Path(trainer.output_folder))
         if checkpoint is None:
             raise NnsdmError(f"{trainer.output_folder}: no checkpoint to continue from")
-        state = load_checkpoint_file(checkpoint, trainer.device)
-        trainer.load_checkpoint(state)
+        load_checkpoint_file(checkpoint, trainer.device)  # a clear error for a corrupt file
+        trainer.load_checkpoint(str(checkpoint))  # nnU-Net 2.8.1 only accepts a file name here
         if trainer.current_epoch > trainer.num_epochs:
             raise NnsdmError(f"{checkpoint}: already trained {trainer.current_epoch} epochs, more than --epochs {trainer.num_epochs}")
     if torch.cuda.is_available() and trainer.device.type == "cuda":
@@ -394,7 +398,11 @@ def _run(trainer, *, resume: bool, validate: bool) -> None:
         _stop_data_loaders(trainer)
         raise
     if validate:
+        axes = trainer.inference_allowed_mirroring_axes
+        if not validation_tta:
+            trainer.inference_allowed_mirroring_axes = None  # the final checkpoint is already written
         trainer.perform_actual_validation(False)
+        trainer.inference_allowed_mirroring_axes = axes
 
 
 def _stop_data_loaders(trainer) -> None:
@@ -416,8 +424,8 @@ def _ddp_worker(rank: int, world_size: int, port: int, kwargs: dict) -> None:
     dist.init_process_group("nccl", rank=rank, world_size=world_size)
     torch.cuda.set_device(rank)
     try:
-        resume, validate = kwargs.pop("resume"), kwargs.pop("validate")
-        _run(build_trainer(**kwargs), resume=resume, validate=validate)
+        run_options = {k: kwargs.pop(k) for k in ("resume", "validate", "validation_tta")}
+        _run(build_trainer(**kwargs), **run_options)
     finally:
         dist.destroy_process_group()
 

@@ -1,0 +1,178 @@
+"""SDM training on nnU-Net's trainer: targets in the batch, loss parts, the sdm_weight 0 baseline, resume."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from nnsdm.cli import main
+from nnsdm.errors import NnsdmError
+from nnsdm.network import SDMUNet
+from nnsdm.sdm import signed_distance_map
+from nnsdm.training import (SDMTargetTransform, SegAndSDMLoss, build_trainer, find_resume_checkpoint,
+                            load_checkpoint_file, train)
+from nnsdm.workspace import Workspace
+
+
+def _single_process_batches(monkeypatch, trainer):
+    """Data loaders in the main process (nnUNet_n_proc_DA=0): deterministic and no worker start-up."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    trainer.initialize()
+    return trainer.get_dataloaders()
+
+
+def test_sdm_targets_ride_along_at_every_deep_supervision_scale(planned_workspace, monkeypatch):
+    workspace, _ = planned_workspace
+    trainer = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu")
+    train_loader, _ = _single_process_batches(monkeypatch, trainer)
+    batch = next(train_loader)
+    scales = trainer._get_deep_supervision_scales()
+    target = batch["target"]
+    assert len(target) == 2 * len(scales)
+    spacing = trainer.configuration_manager.spacing
+    for seg, sdm, scale in zip(target[: len(scales)], target[len(scales):], scales):
+        assert sdm.dtype == torch.float32 and sdm.shape == (seg.shape[0], 4, *seg.shape[2:])
+        for b in range(seg.shape[0]):
+            expected = signed_distance_map(seg[b, 0].numpy(), [1, 2, 3, 4], [s / f for s, f in zip(spacing, scale)])
+            np.testing.assert_array_equal(sdm[b].numpy(), expected)
+    assert float(target[len(scales)].abs().max()) <= 1.0
+    assert any(isinstance(t, SDMTargetTransform) for t in train_loader.data_loader.transforms.transforms)
+
+
+def test_a_few_iterations_reduce_both_loss_parts(planned_workspace, monkeypatch):
+    torch.manual_seed(0)
+    workspace, _ = planned_workspace
+    trainer = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu")
+    train_loader, _ = _single_process_batches(monkeypatch, trainer)
+    batch = next(train_loader)
+    trainer.network.train()
+    seg_losses, sdm_losses = [], []
+    for _ in range(12):  # fit one fixed batch: both parts must go down
+        result = trainer.train_step(batch)
+        seg_losses.append(float(result["seg_loss"]))
+        sdm_losses.append(float(result["sdm_loss"]))
+    assert isinstance(trainer.loss, SegAndSDMLoss)
+    assert float(result["loss"]) == pytest.approx(seg_losses[-1] + sdm_losses[-1], rel=1e-5)
+    assert seg_losses[-1] < 0.9 * seg_losses[0]
+    assert sdm_losses[-1] < 0.9 * sdm_losses[0]
+
+
+def test_sdm_weight_zero_is_the_plain_nnunet_baseline(planned_workspace, monkeypatch):
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+
+    workspace, _ = planned_workspace
+    trainer = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu", sdm_weight=0)
+    assert type(trainer).__name__ == "nnsdmTrainer_sdm0"
+    train_loader, _ = _single_process_batches(monkeypatch, trainer)
+    assert not isinstance(trainer.network, SDMUNet)
+    assert type(trainer.network).__name__ == "PlainConvUNet"
+    assert isinstance(trainer.loss, DeepSupervisionWrapper)
+    assert not any(isinstance(t, SDMTargetTransform) for t in train_loader.data_loader.transforms.transforms)
+    batch = next(train_loader)
+    assert len(batch["target"]) == len(trainer._get_deep_supervision_scales())
+    assert set(trainer.train_step(batch)) == {"loss"}
+
+
+def test_continue_after_interruption_resumes_epoch_optimizer_and_learning_rate(planned_workspace, monkeypatch, tmp_path):
+    workspace, _ = planned_workspace
+    workspace = Workspace(shutil.copytree(workspace.root, tmp_path / "ws", symlinks=True))
+    calls = {"n": 0}
+    original = SegAndSDMLoss.forward
+
+    def interrupt_in_third_epoch(self, output, target):
+        calls["n"] += 1
+        if calls["n"] == 7:  # 2 training + 1 validation calls per epoch: call 7 opens epoch index 2
+            raise KeyboardInterrupt
+        return original(self, output, target)
+
+    options = dict(workspace=workspace, fold=1, epochs=3, iterations_per_epoch=2, val_iterations=1, save_every=1,
+                   device="cpu", validate=False)
+    monkeypatch.setattr(SegAndSDMLoss, "forward", interrupt_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(**options)
+    monkeypatch.setattr(SegAndSDMLoss, "forward", original)
+
+    model = workspace.results / workspace.dataset_name() / "nnsdmTrainer__nnUNetPlans__3d_fullres"
+    latest = find_resume_checkpoint(model / "fold_1")
+    assert latest.name == "checkpoint_latest.pth"
+    saved = load_checkpoint_file(latest, torch.device("cpu"))
+    assert saved["current_epoch"] == 2
+
+    # what --continue restores: epoch counter, optimiser state, learning-rate schedule
+    trainer = build_trainer(**{k: v for k, v in options.items() if k != "validate"})
+    trainer.load_checkpoint(str(latest))
+    assert trainer.current_epoch == 2
+    restored = trainer.optimizer.state_dict()
+    for key, state in saved["optimizer_state"]["state"].items():
+        torch.testing.assert_close(restored["state"][key]["momentum_buffer"], state["momentum_buffer"], rtol=0, atol=0)
+    trainer.lr_scheduler.step(trainer.current_epoch)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9)
+
+    train(**options, resume=True)
+    final = load_checkpoint_file(model / "fold_1" / "checkpoint_final.pth", torch.device("cpu"))
+    assert final["current_epoch"] == 3
+    lrs = final["logging"]["lrs"]
+    assert lrs == pytest.approx([0.01 * (1 - e / 3) ** 0.9 for e in range(3)])
+    assert len(final["logging"]["train_sdm_losses"]) == 3
+    assert (model / "fold_1" / "progress_sdm.png").is_file() and (model / "nnsdm.json").is_file()
+
+
+def test_corrupt_checkpoint_for_continue_is_a_one_line_error(trained_model, tmp_path, capsys):
+    workspace_root = trained_model.parents[2]
+    copy = Workspace(shutil.copytree(workspace_root, tmp_path / "ws", symlinks=True))
+    fold = copy.results / trained_model.parent.name / trained_model.name / "fold_0"
+    (fold / "checkpoint_final.pth").write_bytes(b"PK\x03\x04 truncated")
+    code = main(["train", "--workspace", str(copy.root), "--fold", "0", "--epochs", "3", "--continue", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "checkpoint_final.pth: corrupt checkpoint" in err
+
+
+def test_checkpoint_save_is_atomic(planned_workspace, tmp_path, monkeypatch):
+    workspace, _ = planned_workspace
+    trainer = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu")
+    trainer.initialize()
+    target = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(target))
+    before = target.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(str(target))
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fold", "7"], "--fold 7: unknown fold"),
+    (["--sdm-weight", "-1"], "--sdm-weight -1.0: must be >= 0"),
+])
+def test_train_bad_options_are_one_line_errors(planned_workspace, capsys, argv, message):
+    workspace, _ = planned_workspace
+    code = main(["train", "--workspace", str(workspace.root), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.splitlines() == [f"nnsdm: error: {message}" + err.split(message, 1)[1]]
+
+
+def test_train_on_workspace_without_plans_creates_nothing(tmp_path, capsys):
+    code = main(["train", "--workspace", str(tmp_path / "empty")])
+    assert code == 1 and "no planned dataset" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
+
+
+def test_unknown_device_and_missing_cuda_are_errors():
+    from nnsdm.training import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(NnsdmError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(NnsdmError, match="no CUDA device"):
+            resolve_device("cuda")
