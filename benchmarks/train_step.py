@@ -1,0 +1,119 @@
+"""Seconds per training iteration: nnsdm's SDM trainer vs nnU-Net's plain trainer, same data and plan.
+
+Both trainers run side by side in one process on the same planned phantom dataset, each with nnU-Net's
+augmentation workers (the SDM targets are computed there). Per iteration the wait for the next batch
+(data loading) and the train step (forward, loss, backward, optimiser) are timed separately.
+
+    python benchmarks/train_step.py                      # cpu-small preset on this machine
+    python benchmarks/train_step.py --device cuda --preset flare21 --shape 96x256x256 --workers 12
+
+Goal: the SDM trainer costs at most 10% more per iteration than the plain trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    return tuple(int(v) for v in text.lower().split("x"))  # type: ignore[return-value]
+
+
+def time_trainer(trainer, iterations: int, warmup: int) -> dict:
+    """Mean seconds per iteration (total, data wait, step) after ``warmup`` iterations."""
+    import torch
+
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    if getattr(trainer, "progress_bar", None) is not None:
+        trainer.progress_bar.disable = True
+    waits, steps = [], []
+    try:
+        for i in range(warmup + iterations):
+            t0 = time.perf_counter()
+            batch = next(trainer.dataloader_train)
+            t1 = time.perf_counter()
+            trainer.train_step(batch)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            if i >= warmup:
+                waits.append(t1 - t0)
+                steps.append(t2 - t1)
+    finally:
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+    total = np.add(waits, steps)
+    return {"seconds_per_iteration": float(total.mean()), "data_wait": float(np.mean(waits)),
+            "step": float(np.mean(steps)), "data_share": float(np.sum(waits) / np.sum(total))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu-small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", type=int, default=8)
+    parser.add_argument("--shape", type=_parse_shape, default=(64, 160, 160), help="phantom shape z x y x x")
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2, help="augmentation worker processes (nnUNet_n_proc_DA)")
+    parser.add_argument("--workspace", type=Path, help="reuse a folder (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    os.environ["nnUNet_n_proc_DA"] = str(args.workers)
+
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnsdm.phantom import generate_dataset
+    from nnsdm.planning import CONFIGURATION, plan
+    from nnsdm.training import build_trainer
+    from nnsdm.workspace import Workspace
+
+    root = args.workspace or Path(tempfile.mkdtemp(prefix="nnsdm-bench-"))
+    workspace = Workspace(root / "ws")
+    dataset = root / "phantom"
+    if not dataset.exists():
+        generate_dataset(dataset, cases=args.cases, seed=0, shape=args.shape)
+    if not workspace.datasets():
+        plan(dataset, workspace=workspace, preset=args.preset)
+    summary_plans = workspace.load_plans()
+    config = summary_plans["configurations"][CONFIGURATION]
+
+    torch.manual_seed(0)
+    sdm = build_trainer(workspace=workspace, fold=0, epochs=1000, iterations_per_epoch=250, device=args.device)
+    name = workspace.dataset_name()
+    plans = json.loads((workspace.preprocessed / name / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((workspace.preprocessed / name / "dataset.json").read_text())
+    plain = nnUNetTrainer(plans, CONFIGURATION, 0, dataset_json, torch.device(args.device))
+
+    results = {}
+    for label, trainer in (("plain nnU-Net", plain), ("nnsdm SDM", sdm)):
+        results[label] = time_trainer(trainer, args.iterations, args.warmup)
+
+    base, ours = results["plain nnU-Net"], results["nnsdm SDM"]
+    print(f"\npreset {args.preset}, patch {'x'.join(map(str, config['patch_size']))}, batch {config['batch_size']}, "
+          f"device {args.device}, {args.workers} augmentation workers, {args.iterations} timed iterations, "
+          f"{os.cpu_count()} CPU cores")
+    print(f"{'trainer':<16}{'s/iteration':>12}{'data wait':>12}{'step':>10}{'data share':>12}")
+    for label, r in results.items():
+        print(f"{label:<16}{r['seconds_per_iteration']:>12.3f}{r['data_wait']:>12.3f}{r['step']:>10.3f}"
+              f"{100 * r['data_share']:>11.1f}%")
+    ratio = ours["seconds_per_iteration"] / base["seconds_per_iteration"]
+    print(f"ratio SDM / plain: {ratio:.3f} (overhead {100 * (ratio - 1):+.1f}%, goal <= +10%)")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+                                         "ratio": ratio}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
