@@ -125,6 +125,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from nnsdm.evaluation import parse_tolerance
+    from nnsdm.report import write_report
+
+    if (args.pred is None) != (args.gt is None):
+        raise NnsdmError("--pred and --gt go together (the external set's predictions and ground truth)")
+    out = write_report(workspace=Workspace(args.workspace), out=args.out, dataset=args.dataset, pred=args.pred, gt=args.gt,
+                       images=args.images, tolerance_mm=parse_tolerance(args.tolerance), workers=args.workers)
+    print(f"report: {out / 'report.html'} (and report.md, CSVs, figures)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnsdm", description="Signed-distance-map training for nnU-Net v2 (FLARE21 organs).")
     parser.add_argument("--version", action="version", version=f"nnsdm {__version__}")
@@ -205,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NSD tolerance in mm: one value for all organs (FLARE21: 1) or per organ, e.g. liver=5,kidney=3,spleen=3,pancreas=5 (FLARE22)")
     p.add_argument("--hd95", action="store_true", help="also compute the 95th-percentile Hausdorff distance")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="tables and figures of the paper: cross-validation, external set, ablation",
+                       description="Write a Markdown and self-contained HTML report: per-fold DSC/NSD tables, violin plots, "
+                                   "qualitative figures, training curves, efficiency, model statistics and the SDM ablation.")
+    _add_workspace(p)
+    p.add_argument("--dataset", help="dataset name or id, when the workspace holds several")
+    p.add_argument("--pred", type=Path, help="predictions of an external set (e.g. FLARE21 validation), with --gt")
+    p.add_argument("--gt", type=Path, help="ground truth of the external set")
+    p.add_argument("--images", type=Path, help="images of the external set, for the qualitative figure")
+    p.add_argument("--out", type=Path, help="report folder (default: WORKSPACE/report)")
+    p.add_argument("--tolerance", default="1", help="NSD tolerance in mm, as for evaluate (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="processes for scoring cases (default 1)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
