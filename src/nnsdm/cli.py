@@ -6,6 +6,7 @@ Errors the user can fix (``NnsdmError``) become one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -115,6 +116,25 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from nnsdm.inference import predict
+
+    folds = [f if f == "all" else int(f) for f in args.folds] if args.folds else None
+    written = predict(input=args.input, output=args.output, model=args.model, folds=folds, tta=not args.no_tta,
+                      step_size=args.step_size, device=args.device, postprocess=args.postprocess, save_sdm=args.save_sdm,
+                      save_probabilities=args.save_probabilities, overwrite=args.overwrite)
+    print(f"{len(written)} label map(s) in {args.output}; time and memory per case in {args.output / 'efficiency.csv'}")
+    return 0
+
+
+def _cmd_postprocessing(args: argparse.Namespace) -> int:
+    from nnsdm.inference import determine_postprocessing
+
+    decision = determine_postprocessing(args.model)
+    print(json.dumps(decision, indent=2))
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nnsdm.evaluation import evaluate_folder, format_summary, parse_tolerance
 
@@ -207,6 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Count parameters and FLOPs of one forward pass at the planned patch size.")
     p.add_argument("--model", dest="source", type=Path, required=True, help="model folder, or a plans file (nnUNetPlans.json) beside its dataset.json")
     p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("predict", help="segment NIfTI files/folders or DICOM series with a trained model",
+                       description="Segment CT scans (NIfTI file, folder of NIfTI files, DICOM series folder, or folder of DICOM series) "
+                                   "into CASE.nii.gz label maps on each input's own grid, with time and memory per case in efficiency.csv.")
+    p.add_argument("-i", "--input", type=Path, required=True, help="NIfTI file, folder of NIfTI files, DICOM series folder or folder of series")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--model", type=Path, required=True, help="trained model folder (.../nnsdmTrainer__nnUNetPlans__3d_fullres)")
+    p.add_argument("--folds", nargs="+", help="folds to ensemble, e.g. 0 1 2 3 4 or all (default: every trained fold)")
+    p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (8x faster)")
+    p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step as a fraction of the patch (default 0.5)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device (default: CUDA if available)")
+    p.add_argument("--postprocess", choices=["none", "largest", "cv"], default="none",
+                   help="none (paper, default); largest: largest component per label, two for the kidneys; cv: as the cross-validation decided")
+    p.add_argument("--save-sdm", action="store_true", help="also write CASE_sdm.nii.gz, the predicted signed distance maps (4D)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with the softmax probabilities")
+    p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs already exist again")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("postprocessing", help="decide per label from the cross-validation whether largest-component post-processing helps",
+                       description="Compare each label's cross-validation Dice with and without keeping the largest components "
+                                   "(two for the kidneys) and store the decision with the model, for predict --postprocess cv.")
+    p.add_argument("--model", type=Path, required=True, help="trained model folder with fold_K/validation predictions")
+    p.set_defaults(func=_cmd_postprocessing)
 
     p = sub.add_parser("evaluate", help="Dice and NSD per case and organ with the FLARE21 rules",
                        description="Score predicted label maps against ground truth with the FLARE21 rules (DSC and NSD per organ).")
