@@ -12,8 +12,8 @@ from nnsdm.cli import main
 from nnsdm.errors import NnsdmError
 from nnsdm.network import SDMUNet
 from nnsdm.sdm import signed_distance_map
-from nnsdm.training import (SDMTargetTransform, SegAndSDMLoss, build_trainer, find_resume_checkpoint,
-                            load_checkpoint_file, train)
+from nnsdm.checkpoints import read_checkpoint
+from nnsdm.training import SDMTargetTransform, SegAndSDMLoss, build_trainer, find_resume_checkpoint, train
 from nnsdm.workspace import Workspace
 
 
@@ -98,7 +98,7 @@ def test_continue_after_interruption_resumes_epoch_optimizer_and_learning_rate(p
     model = workspace.results / workspace.dataset_name() / "nnsdmTrainer__nnUNetPlans__3d_fullres"
     latest = find_resume_checkpoint(model / "fold_1")
     assert latest.name == "checkpoint_latest.pth"
-    saved = load_checkpoint_file(latest, torch.device("cpu"))
+    saved = read_checkpoint(latest, for_training=True)
     assert saved["current_epoch"] == 2
 
     # what --continue restores: epoch counter, optimiser state, learning-rate schedule
@@ -112,7 +112,7 @@ def test_continue_after_interruption_resumes_epoch_optimizer_and_learning_rate(p
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9)
 
     train(**options, resume=True)
-    final = load_checkpoint_file(model / "fold_1" / "checkpoint_final.pth", torch.device("cpu"))
+    final = read_checkpoint(model / "fold_1" / "checkpoint_final.pth", for_training=True)
     assert final["current_epoch"] == 3
     lrs = final["logging"]["lrs"]
     assert lrs == pytest.approx([0.01 * (1 - e / 3) ** 0.9 for e in range(3)])

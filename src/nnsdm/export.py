@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
 from nnsdm.errors import NnsdmError
 from nnsdm.fileio import atomic_dir
 from nnsdm.network import build_network, count_flops, count_parameters, strip_sdm_head
@@ -30,20 +31,10 @@ def model_folds(model: Path) -> list[str]:
     for name in ("plans.json", "dataset.json"):
         if not (model / name).is_file():
             raise NnsdmError(f"{model}: not an nnsdm/nnU-Net model folder ({name} missing)")
-    folds = sorted(p.name for p in model.glob("fold_*") if (p / "checkpoint_final.pth").is_file())
+    folds = sorted(p.name for p in model.glob("fold_*") if (p / FINAL_CHECKPOINT).is_file())
     if not folds:
         raise NnsdmError(f"{model}: no trained fold (no fold_*/checkpoint_final.pth)")
     return folds
-
-
-def _load(path: Path) -> dict:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise NnsdmError(f"{path}: corrupt checkpoint ({type(exc).__name__})") from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise NnsdmError(f"{path}: not an nnU-Net checkpoint")
-    return checkpoint
 
 
 def export_stock_model(model: Path, out: Path, *, overwrite: bool = False) -> Path:
@@ -55,7 +46,7 @@ def export_stock_model(model: Path, out: Path, *, overwrite: bool = False) -> Pa
             if (model / name).is_file():
                 shutil.copyfile(model / name, tmp / name)
         for fold in folds:
-            checkpoint = _load(model / fold / "checkpoint_final.pth")
+            checkpoint = read_checkpoint(model / fold / FINAL_CHECKPOINT)
             stock = {
                 "network_weights": strip_sdm_head(checkpoint["network_weights"]),
                 "trainer_name": STOCK_TRAINER,
@@ -64,7 +55,7 @@ def export_stock_model(model: Path, out: Path, *, overwrite: bool = False) -> Pa
                 "current_epoch": checkpoint.get("current_epoch"),
             }
             (tmp / fold).mkdir()
-            torch.save(stock, tmp / fold / "checkpoint_final.pth")
+            torch.save(stock, tmp / fold / FINAL_CHECKPOINT)
     return out
 
 
@@ -85,7 +76,7 @@ def model_statistics(source: Path) -> dict:
         if not f.is_file():
             raise NnsdmError(f"{f}: not found (give a model folder or a plans file beside its dataset.json)")
     try:
-        plans, dataset_json = json.loads(plans_file.read_text()), json.loads(dataset_file.read_text())
+        plans, dataset_json = json.loads(plans_file.read_text(encoding="utf-8")), json.loads(dataset_file.read_text(encoding="utf-8"))
         manager = PlansManager(plans)
         config = manager.get_configuration(CONFIGURATION)
     except (ValueError, KeyError) as exc:

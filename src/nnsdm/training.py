@@ -26,6 +26,7 @@ import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from torch import nn
 
+from nnsdm.checkpoints import read_checkpoint
 from nnsdm.errors import NnsdmError
 from nnsdm.network import DeepSupervisionOutputs, build_network
 from nnsdm.planning import CONFIGURATION, PLANS_IDENTIFIER
@@ -172,8 +173,12 @@ def trainer_class(sdm_weight: float):
         def on_train_start(self):
             super().on_train_start()
             if self.local_rank == 0:
+                from nnsdm.inference.io import majority_orientation
+
+                gt = sorted((Path(self.preprocessed_dataset_folder_base) / "gt_segmentations").glob("*"))
                 write_metadata(Path(self.output_folder_base), sdm_weight=self.sdm_weight,
-                               classes=[int(c) for c in self.label_manager.foreground_labels])
+                               classes=[int(c) for c in self.label_manager.foreground_labels],
+                               orientation=majority_orientation(gt))
 
         def on_train_epoch_start(self):
             super().on_train_epoch_start()
@@ -228,13 +233,17 @@ def trainer_class(sdm_weight: float):
     return Trainer
 
 
-def write_metadata(model_folder: Path, *, sdm_weight: float, classes: list[int]) -> None:
-    """``nnsdm.json`` in the model folder: what nnsdm needs to rebuild the network for inference."""
+def write_metadata(model_folder: Path, *, sdm_weight: float, classes: list[int], orientation: str | None) -> None:
+    """``nnsdm.json`` in the model folder: what nnsdm needs to rebuild the network for inference.
+
+    ``orientation``: the axis orientation code of most training images; ``predict`` reorients inputs
+    stored otherwise to it (nnU-Net itself never reorients) and maps the result back.
+    """
     from nnsdm import __version__
     from nnsdm.fileio import write_text
 
     data = {"nnsdm_version": __version__, "sdm_weight": sdm_weight, "sdm_classes": classes,
-            "configuration": CONFIGURATION, "plans": PLANS_IDENTIFIER}
+            "configuration": CONFIGURATION, "plans": PLANS_IDENTIFIER, "orientation": orientation}
     write_text(model_folder / METADATA_FILE, json.dumps(data, indent=2))
 
 
@@ -305,14 +314,14 @@ def build_trainer(
     plans_file = pre / f"{PLANS_IDENTIFIER}.json"
     if not plans_file.is_file():
         raise NnsdmError(f"{plans_file}: plans not found (run `nnsdm plan` first)")
-    plans = json.loads(plans_file.read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
     if CONFIGURATION not in plans.get("configurations", {}):
         raise NnsdmError(f"{plans_file}: no {CONFIGURATION} configuration in the plans")
     if not (pre / plans["configurations"][CONFIGURATION].get("data_identifier", "")).is_dir():
         raise NnsdmError(f"{pre}: preprocessed data missing (run `nnsdm plan` again)")
     if epochs < 1 or iterations_per_epoch < 1:
         raise NnsdmError("--epochs and --iterations-per-epoch must be at least 1")
-    dataset_json = json.loads((pre / "dataset.json").read_text())
+    dataset_json = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False
     cls = trainer_class(sdm_weight)
     trainer = cls(plans, CONFIGURATION, parse_fold(fold), dataset_json, resolve_device(device))
@@ -329,18 +338,6 @@ def find_resume_checkpoint(fold_folder: Path) -> Path | None:
         if (fold_folder / name).is_file():
             return fold_folder / name
     return None
-
-
-def load_checkpoint_file(path: Path, device: torch.device) -> dict:
-    """Read a checkpoint, turning a corrupt or foreign file into a one-line error."""
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # truncated zip, pickle errors, ...
-        raise NnsdmError(f"{path}: corrupt checkpoint ({type(exc).__name__})") from None
-    required = {"network_weights", "optimizer_state", "current_epoch", "logging"}
-    if not isinstance(checkpoint, dict) or not required <= set(checkpoint):
-        raise NnsdmError(f"{path}: not an nnU-Net checkpoint")
-    return checkpoint
 
 
 def train(
@@ -386,7 +383,7 @@ def _run(trainer, *, resume: bool, validate: bool, validation_tta: bool = True) 
         checkpoint = find_resume_checkpoint(Path(trainer.output_folder))
         if checkpoint is None:
             raise NnsdmError(f"{trainer.output_folder}: no checkpoint to continue from")
-        load_checkpoint_file(checkpoint, trainer.device)  # a clear error for a corrupt file
+        read_checkpoint(checkpoint, device=trainer.device, for_training=True)  # a clear error for a corrupt file
         trainer.load_checkpoint(str(checkpoint))  # nnU-Net 2.8.1 only accepts a file name here
         if trainer.current_epoch > trainer.num_epochs:
             raise NnsdmError(f"{checkpoint}: already trained {trainer.current_epoch} epochs, more than --epochs {trainer.num_epochs}")
