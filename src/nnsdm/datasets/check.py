@@ -115,7 +115,7 @@ def _read_spec(path: Path) -> tuple[_Spec, list[Problem]]:
     if not path.is_file():
         return spec, [Problem(path, "missing (an nnU-Net raw dataset needs dataset.json)")]
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return spec, [Problem(path, f"not valid JSON ({exc})")]
     if not isinstance(meta, dict):
@@ -343,7 +343,7 @@ def _read_header(path: Path) -> tuple[_Header | None, list[Problem]]:
     if reader.GetNumberOfComponents() != 1:
         return None, [Problem(path, f"not a 3D scalar image ({reader.GetNumberOfComponents()} components "
                                     f"per voxel, shape {shape})")]
-    incomplete = _incomplete(path, reader)
+    incomplete = incomplete_voxel_data(path, reader)
     if incomplete:
         return None, [Problem(path, incomplete)]
     header = _Header(path, size, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()),
@@ -361,8 +361,13 @@ def _reason(exc: Exception, path: Path) -> str:
     return line.replace(f'"{path}"', "").replace(str(path), "").strip()[:200]
 
 
-def _incomplete(path: Path, reader) -> str | None:
-    """Say why the voxel data are incomplete or corrupt, or None when they are whole."""
+def incomplete_voxel_data(path: Path, reader) -> str | None:
+    """Say why the voxel data are incomplete or corrupt, or None when they are whole.
+
+    ``reader``: a SimpleITK ``ImageFileReader`` that has read ``path``'s header. SimpleITK's NIfTI reader
+    fills a truncated file's missing voxels with zeros; this compares the bytes the header needs with the
+    file (or, for ``.nii.gz``, the size the gzip trailer records, decompressing only when that differs).
+    """
     import SimpleITK as sitk
 
     name = path.name.lower()
