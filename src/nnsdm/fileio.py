@@ -64,7 +64,7 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_image(image, path: str | os.PathLike, *, compress: bool = True) -> None:

@@ -167,7 +167,7 @@ def register_dataset(dataset: Path, workspace: Workspace, *, dataset_id: int | N
             if dataset_id is None or existing.name.startswith(f"Dataset{dataset_id:03d}_"):
                 return existing.name
     try:
-        title = json.loads((dataset / "dataset.json").read_text()).get("name") or dataset.name
+        title = json.loads((dataset / "dataset.json").read_text(encoding="utf-8")).get("name") or dataset.name
     except (OSError, ValueError):
         title = dataset.name
     ident = dataset_id if dataset_id is not None else next_dataset_id(workspace)
@@ -229,8 +229,8 @@ def plan(
 def summarize(preprocessed_dataset: Path, *, preset: str = "") -> PlanSummary:
     """Read back a planned dataset's 3d_fullres configuration and count the network's parameters."""
     plans_file = Path(preprocessed_dataset) / f"{PLANS_IDENTIFIER}.json"
-    plans = json.loads(plans_file.read_text())
-    dataset_json = json.loads((Path(preprocessed_dataset) / "dataset.json").read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    dataset_json = json.loads((Path(preprocessed_dataset) / "dataset.json").read_text(encoding="utf-8"))
     cfg = plans["configurations"][CONFIGURATION]
     arch = cfg["architecture"]
     net = build_plain_network(plans, dataset_json)

@@ -78,7 +78,7 @@ class Workspace:
         path = self.plans_file(dataset)
         if not path.is_file():
             raise NnsdmError(f"{path}: plans not found (run `nnsdm plan` first)")
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def next_dataset_id(workspace: Workspace, *, start: int = 501) -> int:

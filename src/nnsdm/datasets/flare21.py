@@ -64,7 +64,7 @@ def convert_flare21(src: Path, out: Path, *, mode: str = "link", overwrite: bool
             (tmp / sub).mkdir()
         for source, rel in tqdm(moves, desc=f"{mode}ing FLARE21 files", unit="file", disable=not progress):
             _place(source, tmp / rel, mode=mode)
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 
 

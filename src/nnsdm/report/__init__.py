@@ -107,7 +107,7 @@ def _listing(examples: list) -> str:
 
 def _is_ct(dataset_json: Path) -> bool:
     try:
-        channels = json.loads(dataset_json.read_text()).get("channel_names", {})
+        channels = json.loads(dataset_json.read_text(encoding="utf-8")).get("channel_names", {})
         return str(next(iter(channels.values()), "")).upper() == "CT"
     except (OSError, ValueError, AttributeError):
         return False
@@ -116,7 +116,7 @@ def _is_ct(dataset_json: Path) -> bool:
 def _organ_names(model: Model) -> list[str]:
     """Foreground label names of the model's dataset.json in label order (pseudo Dice order)."""
     try:
-        labels = json.loads((model.folder / "dataset.json").read_text())["labels"]
+        labels = json.loads((model.folder / "dataset.json").read_text(encoding="utf-8"))["labels"]
         return [name for name, value in sorted(labels.items(), key=lambda kv: int(kv[1])) if int(value) != 0]
     except (OSError, ValueError, KeyError, TypeError):
         return list(ORGANS.values())
@@ -385,6 +385,6 @@ def write_report(
         for path, make in tqdm(tasks, desc="report: figures", unit="figure", file=sys.stderr, disable=not progress):
             make()
         title = f"nnsdm report{': ' + name if name else ''}"
-        (tmp / "report.md").write_text(to_markdown(blocks))
-        (tmp / "report.html").write_text(to_html(blocks, root=tmp, title=title))
+        (tmp / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
+        (tmp / "report.html").write_text(to_html(blocks, root=tmp, title=title), encoding="utf-8")
     return out

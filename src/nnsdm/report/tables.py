@@ -66,7 +66,7 @@ def _sdm_weight(folder: Path) -> float | None:
     meta = folder / METADATA_FILE
     if meta.is_file():
         try:
-            return float(json.loads(meta.read_text())["sdm_weight"])
+            return float(json.loads(meta.read_text(encoding="utf-8"))["sdm_weight"])
         except (ValueError, KeyError, TypeError):
             raise NnsdmError(f"{meta}: not an nnsdm metadata file (no numeric sdm_weight)") from None
     trainer = folder.name.split("__")[0]
@@ -117,7 +117,7 @@ def _split_val_cases(preprocessed: Path, fold: int) -> list[str] | None:
     if not path.is_file():
         return None
     try:
-        splits = json.loads(path.read_text())
+        splits = json.loads(path.read_text(encoding="utf-8"))
         return [str(c) for c in splits[fold]["val"]] if fold < len(splits) else None
     except (ValueError, KeyError, TypeError, IndexError):
         raise NnsdmError(f"{path}: not an nnU-Net splits file") from None
