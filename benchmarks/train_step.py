@@ -85,15 +85,13 @@ def main() -> None:
         generate_dataset(dataset, cases=args.cases, seed=0, shape=args.shape)
     if not workspace.datasets():
         plan(dataset, workspace=workspace, preset=args.preset)
-    summary_plans = workspace.load_plans()
-    config = summary_plans["configurations"][CONFIGURATION]
+    plans = workspace.load_plans()
+    config = plans["configurations"][CONFIGURATION]
 
     torch.manual_seed(0)
     sdm = build_trainer(workspace=workspace, fold=0, epochs=1000, iterations_per_epoch=250, device=args.device)
-    name = workspace.dataset_name()
-    plans = json.loads((workspace.preprocessed / name / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
-    dataset_json = json.loads((workspace.preprocessed / name / "dataset.json").read_text())
+    dataset_json = json.loads((workspace.preprocessed / workspace.dataset_name() / "dataset.json").read_text(encoding="utf-8"))
     plain = nnUNetTrainer(plans, CONFIGURATION, 0, dataset_json, torch.device(args.device))
 
     results = {}

@@ -311,12 +311,9 @@ def build_trainer(
     name = workspace.dataset_name(dataset)  # before activate(): a wrong path must not create a workspace
     workspace.activate()
     pre = workspace.preprocessed / name
-    plans_file = pre / f"{PLANS_IDENTIFIER}.json"
-    if not plans_file.is_file():
-        raise NnsdmError(f"{plans_file}: plans not found (run `nnsdm plan` first)")
-    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    plans = workspace.load_plans(name)
     if CONFIGURATION not in plans.get("configurations", {}):
-        raise NnsdmError(f"{plans_file}: no {CONFIGURATION} configuration in the plans")
+        raise NnsdmError(f"{workspace.plans_file(name)}: no {CONFIGURATION} configuration in the plans")
     if not (pre / plans["configurations"][CONFIGURATION].get("data_identifier", "")).is_dir():
         raise NnsdmError(f"{pre}: preprocessed data missing (run `nnsdm plan` again)")
     if epochs < 1 or iterations_per_epoch < 1:

@@ -72,13 +72,18 @@ class Workspace:
         raise NnsdmError(f"{self.root}: no planned dataset named {dataset!r} (have: {', '.join(names) or 'none'})")
 
     def plans_file(self, dataset: str | None = None) -> Path:
+        """nnU-Net's plans file of the dataset (``nnUNetPlans.json``)."""
         return self.preprocessed / self.dataset_name(dataset) / "nnUNetPlans.json"
 
     def load_plans(self, dataset: str | None = None) -> dict:
+        """The dataset's plans; a missing or unreadable file is a one-line error."""
         path = self.plans_file(dataset)
         if not path.is_file():
             raise NnsdmError(f"{path}: plans not found (run `nnsdm plan` first)")
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise NnsdmError(f"{path}: unreadable plans ({exc})") from None
 
 
 def next_dataset_id(workspace: Workspace, *, start: int = 501) -> int:
