@@ -353,3 +353,23 @@ def test_report_is_replaced_and_foreign_folder_refused(report, tmp_path):
     assert write_report(workspace=workspace, dataset=name, out=old, progress=False) == old
     assert not (old / "stale.csv").exists() and not (old / "external_table.csv").exists()
     assert (old / "cv_table.csv").is_file() and (old / "report.md").read_text().startswith("# nnsdm report")
+
+
+def test_figures_use_matplotlibs_default_style_after_nnunet_changed_it(report, tmp_path, monkeypatch):
+    """nnU-Net's training plot sets seaborn with font scale 2.5 for the whole process (as in `nnsdm demo`)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    workspace, *_, name = report
+    seen = []
+    original = Figure.savefig
+
+    def recording_savefig(self, *args, **kwargs):
+        seen.append(matplotlib.rcParams["font.size"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    with matplotlib.rc_context({"font.size": 30.0}):
+        write_report(workspace=workspace, dataset=name, out=tmp_path / "styled", progress=False)
+        assert matplotlib.rcParams["font.size"] == 30.0  # the caller's style is left alone
+    assert seen and set(seen) == {matplotlib.rcParamsDefault["font.size"]}

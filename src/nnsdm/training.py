@@ -260,20 +260,18 @@ def plot_sdm_progress(log: dict, path: Path) -> None:
     if epochs == 0:
         return
     x = np.arange(1, epochs + 1)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(x, log["train_seg_losses"][:epochs], label="train")
-    ax1.plot(x, log["val_seg_losses"][:epochs], label="validation")
-    ax1.set(title="segmentation loss (Dice + CE)", xlabel="epoch")
-    ax2.plot(x, log["train_sdm_losses"][:epochs], label="train")
-    ax2.plot(x, log["val_sdm_losses"][:epochs], label="validation")
-    ax2.set(title="SDM loss (MSE)", xlabel="epoch")
-    for ax in (ax1, ax2):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
+    # matplotlib's default style: nnU-Net's own progress plot changes the global one (seaborn, font scale 2.5)
+    with matplotlib.style.context("default"), atomic_path(path) as tmp:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, part, title in ((ax1, "seg", "segmentation loss (Dice + CE)"), (ax2, "sdm", "SDM loss (MSE)")):
+            ax.plot(x, log[f"train_{part}_losses"][:epochs], label="train")
+            ax.plot(x, log[f"val_{part}_losses"][:epochs], label="validation")
+            ax.set(title=title, xlabel="epoch")
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
         fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+        plt.close(fig)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import matplotlib.style
 import pandas as pd
 
 from nnsdm import __version__
@@ -202,7 +203,8 @@ def write_report(
         ext_lookup = {(job.case,): job for job in jobs}
         ext = score(jobs, [], tolerance_mm=tolerance_mm, progress=progress, workers=workers, desc="report: external set")
 
-    with atomic_dir(out, overwrite=True) as tmp:
+    # matplotlib's default style: nnU-Net's training plots change the global one (seaborn, font scale 2.5)
+    with atomic_dir(out, overwrite=True) as tmp, matplotlib.style.context("default"):
         (tmp / "figures").mkdir()
         tasks: list = []  # (description, callable) for the figure progress bar
         blocks: list = [Heading(f"nnsdm report{': ' + name if name else ''}", 1)]
