@@ -176,3 +176,20 @@ def test_unknown_device_and_missing_cuda_are_errors():
     if not torch.cuda.is_available():
         with pytest.raises(NnsdmError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_short_budget_recipe_adamw_without_mirroring(planned_workspace, monkeypatch):
+    workspace, _ = planned_workspace
+    trainer = build_trainer(workspace=workspace, fold=0, epochs=4, iterations_per_epoch=1, device="cpu",
+                            optimizer="adamw", learning_rate=3e-3, mirroring=False)
+    train_loader, _ = _single_process_batches(monkeypatch, trainer)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    trainer.lr_scheduler.step(2)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * (1 - 2 / 4) ** 0.9)
+    assert trainer.inference_allowed_mirroring_axes is None
+    assert not any(type(t).__name__ == "MirrorTransform" for t in train_loader.data_loader.transforms.transforms)
+    default = build_trainer(workspace=workspace, fold=0, epochs=4, iterations_per_epoch=1, device="cpu")
+    default.initialize()
+    assert isinstance(default.optimizer, torch.optim.SGD) and default.optimizer.defaults["nesterov"]
+    with pytest.raises(NnsdmError, match="--optimizer adam"):
+        build_trainer(workspace=workspace, fold=0, device="cpu", optimizer="adam")

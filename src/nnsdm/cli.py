@@ -92,7 +92,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     model = train(workspace=Workspace(args.workspace), fold=args.fold, dataset=args.dataset, sdm_weight=args.sdm_weight,
                   epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, val_iterations=args.val_iterations,
-                  save_every=args.save_every, device=args.device, resume=args.resume, validate=not args.no_validation,
+                  save_every=args.save_every, device=args.device, optimizer=args.optimizer, learning_rate=args.lr,
+                  mirroring=not args.no_mirroring, resume=args.resume, validate=not args.no_validation,
                   validation_tta=not args.validation_no_tta, workers=args.workers, gpus=args.gpus)
     print(f"model folder: {model}")
     return 0
@@ -208,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-iterations", type=int, help="validation iterations per epoch (default: a fifth of the training iterations)")
     p.add_argument("--sdm-weight", type=float, default=1.0, help="weight of the SDM loss; 0 trains the plain nnU-Net baseline (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device (default: CUDA if available)")
-    p.add_argument("--continue", dest="resume", action="store_true", help="resume from the fold's latest checkpoint")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="sgd: nnU-Net's (Nesterov momentum 0.99, the paper's); adamw: short-budget recipe of the demo")
+    p.add_argument("--lr", type=float, help="initial learning rate (default 0.01, nnU-Net's), poly decay")
+    p.add_argument("--no-mirroring", action="store_true", help="no mirroring augmentation (and no mirroring TTA later)")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="resume from the fold's latest checkpoint (give the same options as the interrupted run)")
     p.add_argument("--save-every", type=int, default=50, help="write checkpoint_latest.pth every N epochs (default 50)")
     p.add_argument("--workers", type=int, help="augmentation worker processes (default: nnU-Net's choice)")
     p.add_argument("--gpus", type=int, default=1, help="GPUs for distributed data-parallel training (default 1)")

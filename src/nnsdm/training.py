@@ -113,6 +113,8 @@ def trainer_class(sdm_weight: float):
         def __init__(self, plans: dict, configuration: str, fold, dataset_json: dict, device=torch.device("cuda")):
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.sdm_weight = float(sdm_weight)
+            self.optimizer_name = "sgd"  # nnU-Net's SGD, Nesterov momentum 0.99; "adamw" as nnU-Net's Adam variants
+            self.mirroring = True  # False as nnU-Net's nnUNetTrainerNoMirroring (training and prediction)
             self.progress_bar = None
             if self.sdm_weight > 0:
                 for key in SDM_LOG_KEYS:
@@ -124,6 +126,21 @@ def trainer_class(sdm_weight: float):
             n_sdm = len(self.label_manager.foreground_labels) if self.sdm_weight > 0 else 0
             return build_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                  num_sdm_channels=n_sdm, deep_supervision=enable_deep_supervision)
+
+        # --- optimiser and mirroring (nnU-Net's defaults unless asked otherwise) -------------------------
+        def configure_optimizers(self):
+            if self.optimizer_name == "sgd":
+                return super().configure_optimizers()
+            from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+            optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+            return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+        def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+            rotation, dummy_2d, initial_patch_size, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            if not self.mirroring:
+                self.inference_allowed_mirroring_axes = mirror_axes = None
+            return rotation, dummy_2d, initial_patch_size, mirror_axes
 
         # --- targets -------------------------------------------------------------------------------
         def _with_sdm_targets(self, compose, deep_supervision_scales):
@@ -178,7 +195,9 @@ def trainer_class(sdm_weight: float):
                 gt = sorted((Path(self.preprocessed_dataset_folder_base) / "gt_segmentations").glob("*"))
                 write_metadata(Path(self.output_folder_base), sdm_weight=self.sdm_weight,
                                classes=[int(c) for c in self.label_manager.foreground_labels],
-                               orientation=majority_orientation(gt))
+                               orientation=majority_orientation(gt),
+                               recipe={"optimizer": self.optimizer_name, "initial_lr": self.initial_lr,
+                                       "mirroring": self.mirroring})
 
         def on_train_epoch_start(self):
             super().on_train_epoch_start()
@@ -233,7 +252,8 @@ def trainer_class(sdm_weight: float):
     return Trainer
 
 
-def write_metadata(model_folder: Path, *, sdm_weight: float, classes: list[int], orientation: str | None) -> None:
+def write_metadata(model_folder: Path, *, sdm_weight: float, classes: list[int], orientation: str | None,
+                   recipe: dict) -> None:
     """``nnsdm.json`` in the model folder: what nnsdm needs to rebuild the network for inference.
 
     ``orientation``: the axis orientation code of most training images; ``predict`` reorients inputs
@@ -243,7 +263,7 @@ def write_metadata(model_folder: Path, *, sdm_weight: float, classes: list[int],
     from nnsdm.fileio import write_text
 
     data = {"nnsdm_version": __version__, "sdm_weight": sdm_weight, "sdm_classes": classes,
-            "configuration": CONFIGURATION, "plans": PLANS_IDENTIFIER, "orientation": orientation}
+            "configuration": CONFIGURATION, "plans": PLANS_IDENTIFIER, "orientation": orientation, "training": recipe}
     write_text(model_folder / METADATA_FILE, json.dumps(data, indent=2))
 
 
@@ -304,8 +324,17 @@ def build_trainer(
     val_iterations: int | None = None,
     save_every: int = 50,
     device: str = "auto",
+    optimizer: str = "sgd",
+    learning_rate: float | None = None,
+    mirroring: bool = True,
 ):
-    """An initialised-on-demand nnsdm trainer for one fold of the workspace's planned dataset."""
+    """An initialised-on-demand nnsdm trainer for one fold of the workspace's planned dataset.
+
+    Defaults are nnU-Net's protocol (the paper's): SGD with Nesterov momentum 0.99 at lr 0.01 and poly
+    decay, mirroring in training and prediction. ``optimizer="adamw"`` (as nnU-Net's Adam trainer
+    variants, same poly schedule) and ``mirroring=False`` (as ``nnUNetTrainerNoMirroring``) are the
+    short-budget recipe of ``nnsdm demo``.
+    """
     name = workspace.dataset_name(dataset)  # before activate(): a wrong path must not create a workspace
     workspace.activate()
     pre = workspace.preprocessed / name
@@ -316,6 +345,10 @@ def build_trainer(
         raise NnsdmError(f"{pre}: preprocessed data missing (run `nnsdm plan` again)")
     if epochs < 1 or iterations_per_epoch < 1:
         raise NnsdmError("--epochs and --iterations-per-epoch must be at least 1")
+    if optimizer not in ("sgd", "adamw"):
+        raise NnsdmError(f"--optimizer {optimizer}: choose sgd (nnU-Net's) or adamw")
+    if learning_rate is not None and not learning_rate > 0:
+        raise NnsdmError(f"--lr {learning_rate}: must be positive")
     dataset_json = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False
     cls = trainer_class(sdm_weight)
@@ -324,6 +357,9 @@ def build_trainer(
     trainer.num_iterations_per_epoch = int(iterations_per_epoch)
     trainer.num_val_iterations_per_epoch = int(val_iterations if val_iterations is not None else max(1, iterations_per_epoch // 5))
     trainer.save_every = max(1, int(save_every))
+    trainer.optimizer_name, trainer.mirroring = optimizer, bool(mirroring)
+    if learning_rate is not None:
+        trainer.initial_lr = float(learning_rate)
     return trainer
 
 
@@ -346,6 +382,9 @@ def train(
     val_iterations: int | None = None,
     save_every: int = 50,
     device: str = "auto",
+    optimizer: str = "sgd",
+    learning_rate: float | None = None,
+    mirroring: bool = True,
     resume: bool = False,
     validate: bool = True,
     validation_tta: bool = True,
@@ -361,14 +400,13 @@ def train(
     """
     if workers is not None:
         os.environ["nnUNet_n_proc_DA"] = str(max(0, int(workers)))
+    options = dict(workspace=workspace, fold=fold, dataset=dataset, sdm_weight=sdm_weight, epochs=epochs,
+                   iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations, save_every=save_every,
+                   device=device, optimizer=optimizer, learning_rate=learning_rate, mirroring=mirroring)
     if gpus > 1:
-        return _train_ddp(gpus, dict(workspace=workspace, fold=fold, dataset=dataset, sdm_weight=sdm_weight, epochs=epochs,
-                                     iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations,
-                                     save_every=save_every, device="cuda", resume=resume, validate=validate,
-                                     validation_tta=validation_tta))
-    trainer = build_trainer(workspace=workspace, fold=fold, dataset=dataset, sdm_weight=sdm_weight, epochs=epochs,
-                            iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations,
-                            save_every=save_every, device=device)
+        return _train_ddp(gpus, {**options, "device": "cuda", "resume": resume, "validate": validate,
+                                 "validation_tta": validation_tta})
+    trainer = build_trainer(**options)
     _run(trainer, resume=resume, validate=validate, validation_tta=validation_tta)
     return Path(trainer.output_folder_base)
 
