@@ -158,6 +158,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nnsdm.demo import run_demo
+
+    options = {k: v for k, v in vars(args).items()
+               if k in ("train_cases", "test_cases", "seed", "shape", "spacing", "epochs", "iterations", "learning_rate", "workers")
+               and v is not None}
+    run_demo(out=args.out, ablation=args.ablation, overwrite=args.overwrite, tta=args.tta, device=args.device, **options)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnsdm", description="Signed-distance-map training for nnU-Net v2 (FLARE21 organs).")
     parser.add_argument("--version", action="version", version=f"nnsdm {__version__}")
@@ -279,6 +289,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", default="1", help="NSD tolerance in mm, as for evaluate (default 1)")
     p.add_argument("--workers", type=int, default=1, help="processes for scoring cases (default 1)")
     p.set_defaults(func=_cmd_report)
+
+    from nnsdm.demo import DEFAULT_OUT, DEFAULTS
+
+    p = sub.add_parser("demo", help="the whole pipeline on synthetic CT: data, plan, train, predict, evaluate, report",
+                       description="Generate synthetic CT (training and held-out sets), check, plan (cpu-small), train the SDM "
+                                   "model, predict and evaluate the held-out set, and write the report; summary.json holds the scores.")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
+    p.add_argument("--ablation", action="store_true", help="also train the sdm_weight 0 baseline and compare (paired Wilcoxon)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous demo's output folder")
+    p.add_argument("--train-cases", type=int, help=f"training cases (default {DEFAULTS['train_cases']})")
+    p.add_argument("--test-cases", type=int, help=f"held-out cases (default {DEFAULTS['test_cases']})")
+    p.add_argument("--seed", type=int, help=f"random seed (default {DEFAULTS['seed']})")
+    p.add_argument("--shape", type=_shape, help="phantoms' nominal shape z x y x x (default {})".format("x".join(map(str, DEFAULTS["shape"]))))
+    p.add_argument("--spacing", type=_spacing, help="phantoms' nominal spacing in mm (default {})".format("x".join(map(str, DEFAULTS["spacing"]))))
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {DEFAULTS['epochs']})")
+    p.add_argument("--iterations", type=int, help=f"iterations per epoch (default {DEFAULTS['iterations']})")
+    p.add_argument("--learning-rate", type=float, help=f"initial AdamW learning rate (default {DEFAULTS['learning_rate']})")
+    p.add_argument("--workers", type=int, help="augmentation worker processes (default: CPU cores - 1)")
+    p.add_argument("--tta", action="store_true", help="mirroring at prediction (only for models trained with mirroring)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device (default: CUDA if available)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

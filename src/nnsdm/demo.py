@@ -1,0 +1,375 @@
+"""``nnsdm demo``: the whole pipeline on the built-in synthetic CT, sized for a 2-core CPU.
+
+Steps: synthetic CT for training and a separate held-out test set (other seeds), dataset check,
+planning with the ``cpu-small`` preset, SDM training on every training case (fold ``all``: the held-out
+set, not a cross-validation split, measures the model, so no training case is held back), prediction of
+the held-out set, FLARE21 evaluation, and the report with the held-out set as its external set. With
+``ablation`` the plain nnU-Net baseline (``sdm_weight`` 0) is trained on the same data with the same
+seed and budget, predicts the same set, and the two are compared per organ with a paired Wilcoxon test.
+
+Training recipe: nnU-Net's trainer, loss, sampling and augmentation, with two changes for a budget of
+about 1,600 iterations of a tiny network on a CPU, both taken from nnU-Net's own trainer variants
+(:func:`_train`): AdamW at 3e-3 with nnU-Net's poly schedule instead of SGD at 0.01, and no
+mirroring. The paper's configuration (``nnsdm train``) keeps nnU-Net's SGD and mirroring.
+
+Output folder (default ``./nnsdm_demo``)::
+
+    data/phantom_train/             nnU-Net raw dataset of the training cases
+    data/test/imagesTs/             held-out CT images (test_000_0000.nii.gz, ...)
+    data/test/labelsTs/             their ground truth (test_000.nii.gz, ...)
+    workspace/                      nnU-Net's raw, preprocessed and results folders (the trained models)
+    predictions/, evaluation/       held-out predictions of the SDM model and their metrics
+    predictions_baseline/, evaluation_baseline/, ablation.csv   with ablation
+    report/report.html              the report (also report.md, CSVs, figures)
+    summary.json                    held-out DSC and NSD per organ, timings, model folder, configuration
+
+The demo refuses an existing non-empty folder; ``overwrite`` replaces a previous demo's folder (and
+only that: a folder without the demo's marker file is never deleted). ``summary.json`` is written last,
+so a folder without it holds an interrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from nnsdm.errors import NnsdmError
+
+ORGAN_NAMES = ("liver", "kidney", "spleen", "pancreas")  # labels 1-4 (nnsdm.evaluation.ORGANS)
+
+__all__ = ["run_demo", "DEFAULT_OUT", "DEFAULTS"]
+
+DEFAULT_OUT = Path("nnsdm_demo")
+MARKER = ".nnsdm-demo"
+# The demo's configuration on a 2-core CPU (see the README's demo section for what it reaches there).
+DEFAULTS = {
+    "train_cases": 20,
+    "test_cases": 10,
+    "seed": 0,
+    "shape": (64, 160, 160),
+    "spacing": (2.5, 0.8, 0.8),
+    "epochs": 16,
+    "iterations": 100,
+    "learning_rate": 3e-3,
+}
+VAL_ITERATIONS = 4  # validation batches per epoch: only feed nnU-Net's pseudo Dice curve (fold 'all')
+
+
+def _fmt_seconds(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{sec:02d}"
+
+
+class _Stages:
+    """Prints one line when a stage starts and one with its duration when it ends."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.stdout = sys.stdout  # kept: nnU-Net's output is redirected while it trains
+        self.start = time.perf_counter()
+        self.index = 0
+        self.seconds: dict[str, float] = {}
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.stdout)
+            self.stdout.flush()
+
+    @contextlib.contextmanager
+    def stage(self, name: str, what: str) -> Iterator[dict]:
+        self.index += 1
+        self.say(f"[{self.index}/{self.total}] {name}: {what}")
+        t0 = time.perf_counter()
+        done: dict = {"text": ""}
+        yield done
+        seconds = time.perf_counter() - t0
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        result = f"; {done['text']}" if done["text"] else ""
+        self.say(f"      {name} done in {seconds:.1f} s{result} (elapsed {_fmt_seconds(time.perf_counter() - self.start)})")
+
+
+class _EpochLines(io.TextIOBase):
+    """Stands in for stdout while nnU-Net trains: its chatter is dropped (the fold's training_log_*.txt keeps
+    all of it) and each epoch becomes one line with the loss, pseudo Dice per organ and the epoch's time."""
+
+    _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?![\w.])")
+
+    def __init__(self, stages: _Stages, epochs: int, organs: Sequence[str]) -> None:
+        super().__init__()
+        self.stages, self.epochs, self.organs = stages, epochs, list(organs)
+        self.buffer = ""
+        self.epoch, self.loss, self.dice = 0, None, []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        message = line.split(": ", 1)[-1].strip()  # nnU-Net prefixes a time stamp
+        if match := re.fullmatch(r"Epoch (\d+)", message):
+            self.epoch, self.loss, self.dice = int(match.group(1)) + 1, None, []
+        elif message.startswith("train_loss"):
+            numbers = self._NUMBER.findall(message[len("train_loss"):])
+            self.loss = float(numbers[0]) if numbers else None
+        elif message.startswith("Pseudo dice"):
+            self.dice = [float(v) for v in self._NUMBER.findall(message[len("Pseudo dice"):])]
+        elif match := re.fullmatch(r"Epoch time: ([\d.]+) s", message):
+            dice = " ".join(f"{o} {d:.3f}" for o, d in zip(self.organs, self.dice))
+            loss = f"loss {self.loss:+.3f}  " if self.loss is not None else ""
+            self.stages.say(f"      epoch {self.epoch}/{self.epochs}  {loss}pseudo Dice {dice}  ({float(match.group(1)):.1f} s)")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NnsdmError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise NnsdmError(f"{out}: folder exists and is not empty (use --overwrite to replace a previous demo, "
+                             "or choose another --out)")
+        if not (out / MARKER).is_file():
+            raise NnsdmError(f"{out}: not an nnsdm demo folder (no {MARKER}); refusing to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by nnsdm demo; `nnsdm demo --overwrite` may replace this folder\n", encoding="utf-8")
+
+
+def _check(dataset: Path) -> None:
+    from nnsdm.datasets import check_dataset
+
+    problems = check_dataset(dataset, progress=False)
+    if problems:
+        raise NnsdmError(f"{problems[0]} ({len(problems)} problem(s) in the generated dataset {dataset})")
+
+
+def _as_test_set(raw: Path) -> tuple[Path, Path]:
+    """Turn a generated raw dataset into a held-out set: imagesTs/labelsTs with cases named test_NNN."""
+    images, labels = raw / "imagesTs", raw / "labelsTs"
+    os.replace(raw / "imagesTr", images)
+    os.replace(raw / "labelsTr", labels)
+    (raw / "dataset.json").unlink()
+    for folder in (images, labels):
+        for path in sorted(folder.iterdir()):
+            path.rename(folder / path.name.replace("phantom_", "test_", 1))
+    cases = json.loads((raw / "phantom_cases.json").read_text(encoding="utf-8"))
+    renamed = {name.replace("phantom_", "test_", 1): info for name, info in cases.items()}
+    (raw / "phantom_cases.json").write_text(json.dumps(renamed, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return images, labels
+
+
+def _train(workspace, *, sdm_weight: float, seed: int, epochs: int, iterations: int, device: str,
+           workers: int, learning_rate: float, stages: _Stages) -> Path:
+    """Train fold 'all' with the demo's short-budget recipe; nnU-Net's chatter becomes one line per epoch.
+
+    The recipe: nnU-Net's trainer, loss, sampling and augmentation with two changes, both nnU-Net's own
+    trainer variants (``nnsdm train --optimizer adamw --no-mirroring``):
+
+    * AdamW with nnU-Net's poly schedule at ``learning_rate``: with nnU-Net's default SGD (lr 0.01,
+      Nesterov momentum 0.99) the small ``cpu-small`` network learned no kidney, spleen or pancreas within
+      the demo's budget (pseudo Dice 0 after 1,000 iterations), where AdamW at 3e-3 learned all four organs.
+    * No mirroring: liver and spleen have similar HU, and with left-right mirrored patches only their shape
+      tells them apart, which a short training does not learn. The model then records no mirror axes, so
+      prediction does not mirror either.
+    """
+    import numpy as np
+    import torch
+
+    from nnsdm.training import train
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    lines = _EpochLines(stages, epochs, ORGAN_NAMES)
+    with contextlib.redirect_stdout(lines if stages.enabled else io.StringIO()):
+        model = train(workspace=workspace, fold="all", sdm_weight=sdm_weight, epochs=epochs,
+                      iterations_per_epoch=iterations, val_iterations=VAL_ITERATIONS, save_every=epochs,
+                      device=device, optimizer="adamw", learning_rate=learning_rate, mirroring=False,
+                      validate=False, workers=workers)
+    return Path(model).resolve()
+
+
+def _scores(summary) -> dict:
+    organs = list(ORGAN_NAMES)
+    return {
+        "dsc": {o: float(summary.loc[o, "dsc_mean"]) for o in organs},
+        "nsd": {o: float(summary.loc[o, "nsd_mean"]) for o in organs},
+        "mean_dsc": float(summary.loc["all", "dsc_mean"]),
+        "mean_nsd": float(summary.loc["all", "nsd_mean"]),
+    }
+
+
+def _score_line(scores: dict) -> str:
+    per_organ = ", ".join(f"{o} {scores['dsc'][o]:.3f}/{scores['nsd'][o]:.3f}" for o in ORGAN_NAMES)
+    return f"DSC/NSD {per_organ}; mean {scores['mean_dsc']:.3f}/{scores['mean_nsd']:.3f}"
+
+
+def _check_options(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise NnsdmError(f"--{name.replace('_', '-')} {value}: must be a positive whole number")
+
+
+def run_demo(
+    *,
+    out: Path = DEFAULT_OUT,
+    ablation: bool = False,
+    overwrite: bool = False,
+    train_cases: int = DEFAULTS["train_cases"],
+    test_cases: int = DEFAULTS["test_cases"],
+    seed: int = DEFAULTS["seed"],
+    shape: tuple[int, int, int] = DEFAULTS["shape"],
+    spacing: tuple[float, float, float] = DEFAULTS["spacing"],
+    epochs: int = DEFAULTS["epochs"],
+    iterations: int = DEFAULTS["iterations"],
+    learning_rate: float = DEFAULTS["learning_rate"],
+    tta: bool = False,
+    device: str = "auto",
+    workers: int | None = None,
+    processes: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the demo pipeline into ``out`` and return the summary that is also written to ``out/summary.json``.
+
+    ``epochs`` x ``iterations`` is the training budget (nnU-Net's poly learning-rate schedule runs over
+    it), ``learning_rate`` the initial rate of the demo's AdamW recipe (see :func:`_train`); ``tta``
+    mirrors at prediction (only for a model trained with mirroring: the demo's is not); ``workers``:
+    augmentation processes per data loader (default: CPU cores - 1, at least 1, at most 4); ``processes``: planning/preprocessing processes (default: nnsdm's). ``shape`` and
+    ``spacing`` are the phantoms' nominal (z, y, x) grid. Summary keys: ``dsc``, ``nsd`` (held-out mean
+    per organ), ``mean_dsc``, ``mean_nsd``, ``seconds``, ``model`` (absolute model folder for
+    ``nnsdm predict --model``), ``report``, ``stages`` (seconds each), ``config``; with ``ablation`` also
+    ``baseline`` (the same scores for the sdm_weight 0 model) and ``ablation`` (rows of ablation.csv).
+    """
+    _check_options(train_cases=train_cases, test_cases=test_cases, epochs=epochs, iterations=iterations)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise NnsdmError(f"--seed {seed}: must be a non-negative whole number")
+    from nnsdm.training import resolve_device
+
+    resolve_device(device)  # a clear error before any work
+    if not learning_rate > 0:
+        raise NnsdmError(f"--learning-rate {learning_rate}: must be positive")
+    if workers is None:  # one core trains, the others augment
+        workers = max(1, min((os.cpu_count() or 1) - 1, 4))
+    from nnsdm.phantom import check_grid
+
+    shape, spacing = check_grid(shape, spacing)
+    out = Path(out).expanduser().absolute()
+    _prepare_out(out, overwrite)
+
+    from nnsdm.evaluation import evaluate_folder
+    from nnsdm.fileio import write_text
+    from nnsdm.inference import predict
+    from nnsdm.phantom import generate_dataset
+    from nnsdm.planning import plan
+    from nnsdm.report import write_report
+    from nnsdm.workspace import Workspace
+
+    stages = _Stages(10 if ablation else 6, progress)
+    load_start = os.getloadavg()
+    workspace = Workspace(out / "workspace")
+    train_raw, test_raw = out / "data" / "phantom_train", out / "data" / "test"
+    grid = f"nominal grid {'x'.join(map(str, shape))} at {'x'.join(f'{s:g}' for s in spacing)} mm"
+
+    with stages.stage("data", f"{train_cases} training + {test_cases} held-out synthetic CT cases, {grid}") as done:
+        generate_dataset(train_raw, cases=train_cases, seed=seed, shape=shape, spacing=spacing)
+        generate_dataset(test_raw, cases=test_cases, seed=seed + 1000, shape=shape, spacing=spacing)
+        _check(train_raw)
+        _check(test_raw)
+        test_images, test_labels = _as_test_set(test_raw)
+        done["text"] = f"checked, no problems ({train_raw}, {test_raw})"
+
+    with stages.stage("plan", "nnU-Net fingerprint, plan (cpu-small preset) and preprocessing") as done:
+        planned = plan(train_raw, workspace=workspace, preset="cpu-small", num_processes=processes, check=False)
+        done["text"] = (f"spacing {'x'.join(f'{s:.2f}' for s in planned.spacing)} mm, patch "
+                        f"{'x'.join(map(str, planned.patch_size))}, batch {planned.batch_size}, "
+                        f"{len(planned.features_per_stage)} stages, {planned.parameters:,} parameters")
+
+    runs = [("SDM model", 1.0, "predictions", "evaluation")]
+    if ablation:
+        runs.append(("baseline", 0.0, "predictions_baseline", "evaluation_baseline"))
+    results: dict[str, dict] = {}
+    for label, weight, pred_name, eval_name in runs:
+        what = "nnU-Net + SDM head" if weight else "plain nnU-Net (sdm_weight 0)"
+        with stages.stage(f"train {label}", f"{what}, fold all, {epochs} epochs x {iterations} iterations, "
+                                            f"{workers} augmentation worker(s)") as done:
+            model = _train(workspace, sdm_weight=weight, seed=seed, epochs=epochs, iterations=iterations,
+                           device=device, workers=workers, learning_rate=learning_rate, stages=stages)
+            done["text"] = f"model {model}"
+        with stages.stage(f"predict {label}", f"{test_cases} held-out cases, {'with' if tta else 'no'} mirroring") as done:
+            predict(input=test_images, output=out / pred_name, model=model, folds=["all"], tta=tta, device=device,
+                    progress=progress)
+            done["text"] = f"{out / pred_name}"
+        with stages.stage(f"evaluate {label}", "DSC and NSD (1 mm) per organ, FLARE21 rules") as done:
+            summary = evaluate_folder(pred=out / pred_name, gt=test_labels, out=out / eval_name, progress=progress)
+            scores = _scores(summary)
+            done["text"] = _score_line(scores)
+        results[label] = {"model": model, "scores": scores, "metrics": out / eval_name / "metrics.csv"}
+
+    comparison = None
+    if ablation:
+        with stages.stage("compare", "SDM model vs baseline on the held-out set, paired Wilcoxon test") as done:
+            comparison = _compare(results["SDM model"]["metrics"], results["baseline"]["metrics"], out / "ablation.csv")
+            both = comparison[comparison["organ"] == "all"].set_index("metric")
+            done["text"] = ", ".join(f"mean {m.upper()} {both.loc[m, 'sdm_mean']:.3f} vs {both.loc[m, 'baseline_mean']:.3f}"
+                                     for m in ("dsc", "nsd"))
+
+    with stages.stage("report", "tables and figures (held-out set as the external set)") as done:
+        report = write_report(workspace=workspace, out=out / "report", pred=out / "predictions", gt=test_labels,
+                              images=test_images, progress=progress)
+        done["text"] = f"{report / 'report.html'}"
+
+    sdm = results["SDM model"]
+    result = {
+        **sdm["scores"],
+        "seconds": round(time.perf_counter() - stages.start, 1),
+        "model": str(sdm["model"]),
+        "report": str(report / "report.html"),
+        "stages": {k: round(v, 1) for k, v in stages.seconds.items()},
+        "config": {"train_cases": train_cases, "test_cases": test_cases, "seed": seed, "shape": list(shape),
+                   "spacing": list(spacing), "fold": "all", "epochs": epochs, "iterations": iterations,
+                   "learning_rate": learning_rate, "optimizer": "AdamW, poly schedule", "mirroring": False,
+                   "val_iterations": VAL_ITERATIONS, "tta": tta, "device": device, "workers": workers,
+                   "preset": "cpu-small", "plan_spacing": planned.spacing, "patch_size": planned.patch_size,
+                   "batch_size": planned.batch_size, "features_per_stage": planned.features_per_stage,
+                   "parameters": planned.parameters},
+        "machine": {"cpu_count": os.cpu_count(), "load_average_start": [round(v, 2) for v in load_start],
+                    "load_average_end": [round(v, 2) for v in os.getloadavg()]},
+    }
+    if comparison is not None:
+        result["baseline"] = {**results["baseline"]["scores"], "model": str(results["baseline"]["model"])}
+        result["ablation"] = json.loads(comparison.to_json(orient="records"))
+    write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
+    if progress:
+        stages.say(f"held-out {_score_line(sdm['scores'])}")
+        if comparison is not None:
+            base = results["baseline"]["scores"]
+            stages.say(f"baseline {_score_line(base)} (per organ tests in {out / 'ablation.csv'})")
+        stages.say(f"done in {_fmt_seconds(result['seconds'])}; summary: {out / 'summary.json'}")
+        stages.say(f"report: {report / 'report.html'}")
+    return result
+
+
+def _compare(sdm_metrics: Path, baseline_metrics: Path, path: Path):
+    """Per organ DSC and NSD of the two models on the same held-out cases, paired Wilcoxon test; written to ``path``."""
+    import pandas as pd
+
+    from nnsdm.fileio import atomic_path
+    from nnsdm.report.tables import ablation
+
+    table = ablation(pd.read_csv(sdm_metrics), pd.read_csv(baseline_metrics))
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
