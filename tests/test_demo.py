@@ -45,7 +45,7 @@ def test_summary_holds_held_out_scores_per_organ(demo_run):
     # every held-out case has all four organs, so the mean over cases of organ means is the mean over organs
     assert summary["mean_dsc"] == pytest.approx(np.mean(list(summary["dsc"].values())))
     assert summary["mean_nsd"] == pytest.approx(np.mean(list(summary["nsd"].values())))
-    assert 0 < summary["seconds"] <= seconds
+    assert 0 < summary["seconds"] <= seconds + 0.05  # summary.json rounds to 0.1 s
     metrics = pd.read_csv(out / "evaluation" / "metrics.csv")
     assert sorted(metrics["case"].unique()) == ["test_000", "test_001", "test_002"]
     for organ in ORGANS:
