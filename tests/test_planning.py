@@ -31,7 +31,8 @@ def test_cpu_small_plan_on_tiny_phantoms(planned_workspace, phantom_dataset):
     assert summary.features_per_stage == [8, 16, 32, 64]
     assert all(p <= q for p, q in zip(summary.patch_size, PRESETS["cpu-small"].patch_size))
     assert all(p % (2 ** sum(s[i] == 2 for s in summary.strides)) == 0 for i, p in enumerate(summary.patch_size))
-    # spacing stays nnU-Net's choice (the median, or a finer slice spacing for anisotropic data)
+    # spacing stays nnU-Net's choice (the median, or a finer slice spacing for anisotropic data): the tiny
+    # phantoms (8x5x5 mm) are coarser than cpu-small's 1.6 mm floor
     assert summary.spacing[1] == pytest.approx(float(np.median([s[1] for s in fingerprint["spacings"]])))
     assert config["normalization_schemes"] == ["CTNormalization"]
     assert 100_000 < summary.parameters < 1_000_000
@@ -87,3 +88,20 @@ def test_registering_the_same_dataset_again_reuses_its_id(planned_workspace, pha
     workspace, summary = planned_workspace
     assert register_dataset(phantom_dataset, workspace) == summary.dataset_name
     assert os.readlink(workspace.raw / summary.dataset_name) == str(phantom_dataset.resolve())
+
+
+def test_min_spacing_floors_nnunets_target_spacing(tmp_path, phantom_dataset, monkeypatch):
+    import dataclasses
+
+    import nnsdm.planning as planning
+
+    coarse = dataclasses.replace(PRESETS["cpu-small"], min_spacing=(0.0, 7.5, 7.5))
+    monkeypatch.setitem(planning.PRESETS, "cpu-small", coarse)
+    summary = plan(phantom_dataset, workspace=Workspace(tmp_path / "ws"), preset="cpu-small", num_processes=1, check=False)
+    fingerprint = json.loads((tmp_path / "ws" / "nnUNet_preprocessed" / summary.dataset_name / "dataset_fingerprint.json").read_text())
+    median = np.median(np.array(fingerprint["spacings"]), axis=0)
+    assert median[1] < 7.5  # the floor is what coarsens the in-plane spacing
+    assert summary.spacing[1:] == pytest.approx([7.5, 7.5])
+    assert summary.spacing[0] == pytest.approx(float(median[0]))  # a floor of 0 keeps nnU-Net's choice
+    plans = json.loads(summary.plans_file.read_text())
+    assert plans["configurations"]["3d_fullres"]["median_image_size_in_voxels"][1] < 64 * 5 / 7.5 + 2
