@@ -137,3 +137,39 @@ def test_flare21_preset_topology_and_size():
         net = build_network(manager, manager.get_configuration("3d_fullres"), 1, 5, num_sdm_channels=4, deep_supervision=False)
     assert plan["architecture"]["arch_kwargs"]["n_stages"] == 6
     assert 30e6 < count_parameters(net, include_sdm_head=False) < 32e6
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cpu_fast_path_keeps_outputs_gradients_and_state_dict(bf16):
+    from nnsdm.network import DeepSupervisionOutputs, use_cpu_fast_path
+
+    torch.manual_seed(0)
+    reference = _build(NETWORKS[0])
+    fast = _build(NETWORKS[0])
+    fast.load_state_dict(reference.state_dict())
+    use_cpu_fast_path(fast, bf16=bf16)
+    x = torch.randn(2, 1, *PATCH)
+    expected, out = reference(x), fast(x)
+    assert isinstance(out, DeepSupervisionOutputs) and len(out.sdm) == len(expected.sdm)
+    assert all(o.dtype == torch.float32 for o in [*out, *out.sdm])
+    # bfloat16 keeps about 3 significant digits, and errors add up through the layers
+    max_tolerance, mean_tolerance = (0.15, 0.01) if bf16 else (1e-4, 1e-5)
+    for got, want in zip([*out, *out.sdm], [*expected, *expected.sdm]):
+        assert got.shape == want.shape
+        scale = max(1.0, float(want.abs().max()))
+        difference = (got - want).abs()
+        assert float(difference.max()) <= max_tolerance * scale and float(difference.mean()) <= mean_tolerance * scale
+    # gradients reach every parameter, in float32, close to the reference's
+    sum(o.square().mean() for o in [*out, *out.sdm]).backward()
+    sum(o.square().mean() for o in [*expected, *expected.sdm]).backward()
+    ref_grads = dict(reference.named_parameters())
+    for name, p in fast.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+    first = "encoder.stages.0.0.convs.0.conv.weight"
+    g, r = dict(fast.named_parameters())[first].grad, ref_grads[first].grad
+    assert float(torch.nn.functional.cosine_similarity(g.flatten(), r.flatten(), dim=0)) > (0.98 if bf16 else 0.9999)
+    # the state dict keeps its keys and loads into a network without the fast path
+    plain = _build(NETWORKS[0])
+    plain.load_state_dict(fast.state_dict())
+    assert set(plain.state_dict()) == set(reference.state_dict())
+

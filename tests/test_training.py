@@ -193,3 +193,19 @@ def test_short_budget_recipe_adamw_without_mirroring(planned_workspace, monkeypa
     assert isinstance(default.optimizer, torch.optim.SGD) and default.optimizer.defaults["nesterov"]
     with pytest.raises(NnsdmError, match="--optimizer adam"):
         build_trainer(workspace=workspace, fold=0, device="cpu", optimizer="adam")
+
+
+def test_cpu_precision_auto_follows_the_cpu_and_the_network_gets_the_fast_path(planned_workspace, monkeypatch):
+    import nnsdm.training as training
+
+    workspace, _ = planned_workspace
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(training, "cpu_bf16_supported", lambda supported=supported: supported)
+        trainer = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu")
+        assert trainer.cpu_precision_used == expected
+    forced = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu", cpu_precision="fp32")
+    forced.initialize()
+    conv = forced.network.encoder.stages[0][0].convs[0].conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)  # oneDNN's fast layout on the CPU
+    with pytest.raises(NnsdmError, match="--cpu-precision fp16"):
+        build_trainer(workspace=workspace, fold=0, device="cpu", cpu_precision="fp16")

@@ -93,7 +93,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model = train(workspace=Workspace(args.workspace), fold=args.fold, dataset=args.dataset, sdm_weight=args.sdm_weight,
                   epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, val_iterations=args.val_iterations,
                   save_every=args.save_every, device=args.device, optimizer=args.optimizer, learning_rate=args.lr,
-                  mirroring=not args.no_mirroring, resume=args.resume, validate=not args.no_validation,
+                  mirroring=not args.no_mirroring, cpu_precision=args.cpu_precision, resume=args.resume,
+                  validate=not args.no_validation,
                   validation_tta=not args.validation_no_tta, workers=args.workers, gpus=args.gpus)
     print(f"model folder: {model}")
     return 0
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sgd: nnU-Net's (Nesterov momentum 0.99, the paper's); adamw: short-budget recipe of the demo")
     p.add_argument("--lr", type=float, help="initial learning rate (default 0.01, nnU-Net's), poly decay")
     p.add_argument("--no-mirroring", action="store_true", help="no mirroring augmentation (and no mirroring TTA later)")
+    p.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="CPU training only: bf16 autocast or fp32 (default auto: bf16 where the CPU has native bf16)")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="resume from the fold's latest checkpoint (give the same options as the interrupted run)")
     p.add_argument("--save-every", type=int, default=50, help="write checkpoint_latest.pth every N epochs (default 50)")

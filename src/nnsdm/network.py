@@ -115,6 +115,48 @@ def build_network(
     return SDMUNet(unet, num_sdm_channels)
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 convolutions pay off."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # private torch helpers: treat their absence as "no"
+        return False
+
+
+def use_cpu_fast_path(network: nn.Module, *, bf16: bool) -> nn.Module:
+    """Make a network that runs on the CPU about 1.6x (fp32) or 3x (bf16) faster per training step.
+
+    oneDNN's 3D convolutions, above all their backward pass, are much faster in the channels-last
+    (NDHWC) layout, so weights and inputs are switched to it. With ``bf16`` the forward pass runs under
+    CPU autocast with bfloat16 (the CPU counterpart of nnU-Net's fp16 autocast on CUDA; bfloat16 has
+    fp32's range, so no gradient scaler is needed). Outputs are returned in float32, so losses, Dice and
+    the exported probabilities are computed in full precision. Parameters and state dict keys are
+    unchanged (checkpoints load into a network without the fast path). Returns ``network``.
+    """
+    network.to(memory_format=torch.channels_last_3d)
+    forward = network.forward
+
+    def fast_forward(x: torch.Tensor, *args, **kwargs):
+        if x.dim() == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = forward(x, *args, **kwargs)
+        return _as_float32(out)
+
+    network.forward = fast_forward
+    return network
+
+
+def _as_float32(out):
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, DeepSupervisionOutputs):
+        return DeepSupervisionOutputs([_as_float32(o) for o in out], [_as_float32(o) for o in out.sdm])
+    if isinstance(out, (list, tuple)):
+        return type(out)(_as_float32(o) for o in out)
+    return out
+
+
 def strip_sdm_head(state_dict: dict) -> dict:
     """A stock nnU-Net state dict: the given one without the SDM head's weights."""
     return {k: v for k, v in state_dict.items() if not k.startswith(SDM_HEAD_PREFIX)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from torch import nn
 
 from nnsdm.checkpoints import read_checkpoint
 from nnsdm.errors import NnsdmError
-from nnsdm.network import DeepSupervisionOutputs, build_network
+from nnsdm.network import DeepSupervisionOutputs, build_network, cpu_bf16_supported, use_cpu_fast_path
 from nnsdm.planning import CONFIGURATION, PLANS_IDENTIFIER
 from nnsdm.sdm import signed_distance_map
 from nnsdm.workspace import Workspace
@@ -115,6 +116,7 @@ def trainer_class(sdm_weight: float):
             self.sdm_weight = float(sdm_weight)
             self.optimizer_name = "sgd"  # nnU-Net's SGD, Nesterov momentum 0.99; "adamw" as nnU-Net's Adam variants
             self.mirroring = True  # False as nnU-Net's nnUNetTrainerNoMirroring (training and prediction)
+            self.cpu_precision = "auto"  # on a CPU: bf16 autocast where the CPU has native bf16, else fp32
             self.progress_bar = None
             if self.sdm_weight > 0:
                 for key in SDM_LOG_KEYS:
@@ -126,6 +128,20 @@ def trainer_class(sdm_weight: float):
             n_sdm = len(self.label_manager.foreground_labels) if self.sdm_weight > 0 else 0
             return build_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
                                  num_sdm_channels=n_sdm, deep_supervision=enable_deep_supervision)
+
+        def initialize(self):
+            super().initialize()
+            if self.device.type == "cpu":
+                use_cpu_fast_path(self.network, bf16=self.cpu_precision_used == "bf16")
+
+        @property
+        def cpu_precision_used(self) -> str | None:
+            """The CPU precision training runs in (None on CUDA, where nnU-Net's fp16 autocast applies)."""
+            if self.device.type != "cpu":
+                return None
+            if self.cpu_precision == "auto":
+                return "bf16" if cpu_bf16_supported() else "fp32"
+            return self.cpu_precision
 
         # --- optimiser and mirroring (nnU-Net's defaults unless asked otherwise) -------------------------
         def configure_optimizers(self):
@@ -173,7 +189,7 @@ def trainer_class(sdm_weight: float):
             self._add_loss_parts(result)
             if self.progress_bar is not None:
                 self.progress_bar.update()
-                self.progress_bar.set_postfix(loss=f"{float(result['loss']):.3f}")
+                self.progress_bar.set_postfix(loss=f"{float(result['loss']):.3f}", refresh=False)
             return result
 
         def validation_step(self, batch: dict) -> dict:
@@ -197,14 +213,17 @@ def trainer_class(sdm_weight: float):
                                classes=[int(c) for c in self.label_manager.foreground_labels],
                                orientation=majority_orientation(gt),
                                recipe={"optimizer": self.optimizer_name, "initial_lr": self.initial_lr,
-                                       "mirroring": self.mirroring})
+                                       "mirroring": self.mirroring, "cpu_precision": self.cpu_precision_used})
 
         def on_train_epoch_start(self):
             super().on_train_epoch_start()
             if self.local_rank == 0:
                 from tqdm import tqdm
 
+                # in a log file (no terminal) a bar redrawn per iteration floods it: redraw every 30 s there
+                interval = 0.1 if sys.stderr.isatty() else 30.0
                 self.progress_bar = tqdm(total=self.num_iterations_per_epoch, leave=False, dynamic_ncols=True,
+                                         mininterval=interval, maxinterval=max(10.0, interval),
                                          desc=f"epoch {self.current_epoch + 1}/{self.num_epochs}")
 
         def on_train_epoch_end(self, train_outputs):
@@ -327,13 +346,17 @@ def build_trainer(
     optimizer: str = "sgd",
     learning_rate: float | None = None,
     mirroring: bool = True,
+    cpu_precision: str = "auto",
 ):
     """An initialised-on-demand nnsdm trainer for one fold of the workspace's planned dataset.
 
     Defaults are nnU-Net's protocol (the paper's): SGD with Nesterov momentum 0.99 at lr 0.01 and poly
     decay, mirroring in training and prediction. ``optimizer="adamw"`` (as nnU-Net's Adam trainer
     variants, same poly schedule) and ``mirroring=False`` (as ``nnUNetTrainerNoMirroring``) are the
-    short-budget recipe of ``nnsdm demo``.
+    short-budget recipe of ``nnsdm demo``. ``cpu_precision`` (CPU only): ``bf16`` trains under bfloat16
+    autocast, ``fp32`` in full precision, ``auto`` picks bf16 where the CPU computes it natively; both use
+    the channels-last layout (see :func:`nnsdm.network.use_cpu_fast_path`). On CUDA nnU-Net's own fp16
+    autocast applies.
     """
     name = workspace.dataset_name(dataset)  # before activate(): a wrong path must not create a workspace
     workspace.activate()
@@ -349,6 +372,8 @@ def build_trainer(
         raise NnsdmError(f"--optimizer {optimizer}: choose sgd (nnU-Net's) or adamw")
     if learning_rate is not None and not learning_rate > 0:
         raise NnsdmError(f"--lr {learning_rate}: must be positive")
+    if cpu_precision not in ("auto", "bf16", "fp32"):
+        raise NnsdmError(f"--cpu-precision {cpu_precision}: choose auto, bf16 or fp32")
     dataset_json = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False
     cls = trainer_class(sdm_weight)
@@ -357,7 +382,7 @@ def build_trainer(
     trainer.num_iterations_per_epoch = int(iterations_per_epoch)
     trainer.num_val_iterations_per_epoch = int(val_iterations if val_iterations is not None else max(1, iterations_per_epoch // 5))
     trainer.save_every = max(1, int(save_every))
-    trainer.optimizer_name, trainer.mirroring = optimizer, bool(mirroring)
+    trainer.optimizer_name, trainer.mirroring, trainer.cpu_precision = optimizer, bool(mirroring), cpu_precision
     if learning_rate is not None:
         trainer.initial_lr = float(learning_rate)
     return trainer
@@ -385,6 +410,7 @@ def train(
     optimizer: str = "sgd",
     learning_rate: float | None = None,
     mirroring: bool = True,
+    cpu_precision: str = "auto",
     resume: bool = False,
     validate: bool = True,
     validation_tta: bool = True,
@@ -402,7 +428,8 @@ def train(
         os.environ["nnUNet_n_proc_DA"] = str(max(0, int(workers)))
     options = dict(workspace=workspace, fold=fold, dataset=dataset, sdm_weight=sdm_weight, epochs=epochs,
                    iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations, save_every=save_every,
-                   device=device, optimizer=optimizer, learning_rate=learning_rate, mirroring=mirroring)
+                   device=device, optimizer=optimizer, learning_rate=learning_rate, mirroring=mirroring,
+                   cpu_precision=cpu_precision)
     if gpus > 1:
         return _train_ddp(gpus, {**options, "device": "cuda", "resume": resume, "validate": validate,
                                  "validation_tta": validation_tta})

@@ -1,0 +1,132 @@
+"""CPU training step and inference forward: nnU-Net's default layout vs nnsdm's CPU fast path.
+
+Three copies of the same SDM network (same weights, same batch) run side by side in one process:
+
+* ``nnU-Net default``: contiguous (NCDHW) tensors in float32, as nnU-Net trains on a CPU;
+* ``channels-last fp32``: :func:`nnsdm.network.use_cpu_fast_path` with ``bf16=False``
+  (``nnsdm train --cpu-precision fp32``, and ``auto`` on CPUs without native bf16);
+* ``channels-last bf16``: the same with bfloat16 autocast (``--cpu-precision bf16``, the default on CPUs
+  with native bf16).
+
+A training step is forward, nnsdm's loss (deep-supervised Dice + CE + SDM MSE), backward and an AdamW
+step on random data shaped like the cpu-small plan (batch 2, patch 32x80x80, 4 organs); the inference
+figure is one forward pass without gradients. The largest difference of the fast paths' logits from the
+default's is printed too.
+
+    python benchmarks/cpu_fast_path.py                 # cpu-small network, this machine's cores
+    python benchmarks/cpu_fast_path.py --repeats 20
+
+Goal: the fp32 fast path at least 1.3x, the bf16 fast path at least 2x faster per training step on a
+CPU with native bf16. (For inference alone the fp32 layout gains little, so ``nnsdm predict`` keeps
+nnU-Net's.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+
+
+def _network(patch: tuple[int, int, int]):
+    """The cpu-small SDM network for a 1.6 mm in-plane, 2.7 mm slice grid (as the demo plans it)."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnsdm.network import build_network
+    from nnsdm.planning import PRESETS, apply_preset
+
+    spacing = [2.74, 1.6, 1.6]
+    arch = {"n_stages": 1, "features_per_stage": [32], "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]],
+            "strides": [[1, 1, 1]], "n_conv_per_stage": [2], "n_conv_per_stage_decoder": [], "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    config = {"data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2, "patch_size": list(patch),
+              "median_image_size_in_voxels": [64, 96, 96], "spacing": spacing, "normalization_schemes": ["CTNormalization"],
+              "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
+              "resampling_fn_seg": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": {},
+              "resampling_fn_seg_kwargs": {}, "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+              "resampling_fn_probabilities_kwargs": {}, "batch_dice": False,
+              "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                               "arch_kwargs": arch, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}
+    apply_preset(config, PRESETS["cpu-small"], get_pool_and_conv_props)
+    manager = PlansManager({"dataset_name": "Dataset999_B", "plans_name": "nnUNetPlans", "configurations": {"3d_fullres": config},
+                            "original_median_spacing_after_transp": spacing, "original_median_shape_after_transp": [64, 96, 96],
+                            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+                            "experiment_planner_used": "x", "label_manager": "LabelManager",
+                            "foreground_intensity_properties_per_channel": {}})
+    return build_network(manager, manager.get_configuration("3d_fullres"), 1, 5, num_sdm_channels=4), config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions (after 2 warm-up ones)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+
+    import torch
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from nnsdm.network import cpu_bf16_supported, use_cpu_fast_path
+    from nnsdm.training import SegAndSDMLoss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    reference, config = _network((32, 80, 80))
+    patch = tuple(config["patch_size"])
+    x = torch.randn(2, 1, *patch)
+    with torch.no_grad():
+        shapes = [o.shape[2:] for o in reference(x)]
+    weights = [1 / 2 ** i for i in range(len(shapes))]  # nnU-Net's deep-supervision weights (before normalising)
+    seg_loss = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                                                     weight_ce=1, weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss), weights)
+    loss_fn = SegAndSDMLoss(seg_loss, weights, 1.0)
+
+    seg_targets = [torch.randint(0, 5, (2, 1, *s)).float() for s in shapes]
+    sdm_targets = [torch.rand(2, 4, *s) * 2 - 1 for s in shapes]
+
+    variants = {"nnU-Net default": reference}
+    for label, bf16 in (("channels-last fp32", False), ("channels-last bf16", True)):
+        variants[label] = use_cpu_fast_path(copy.deepcopy(reference), bf16=bf16)
+
+    def train_step(net, optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = net(x)
+        loss = loss_fn(out, [*seg_targets, *sdm_targets])
+        loss.backward()
+        optimizer.step()
+
+    def timed(fn, repeats: int) -> float:
+        for _ in range(2):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats
+
+    with torch.no_grad():
+        expected = reference(x)[0]
+    results = {}
+    for label, net in variants.items():
+        net.train()
+        optimizer = torch.optim.AdamW(net.parameters(), lr=0.0)  # lr 0: every variant keeps the same weights
+        step = timed(lambda: train_step(net, optimizer), args.repeats)
+        with torch.no_grad():
+            forward = timed(lambda: net(x), args.repeats)
+            difference = float((net(x)[0] - expected).abs().max())
+        results[label] = (step, forward, difference)
+
+    base_step, base_forward, _ = results["nnU-Net default"]
+    print(f"\ncpu-small SDM network, batch 2, patch {'x'.join(map(str, patch))}, {torch.get_num_threads()} torch threads, "
+          f"{os.cpu_count()} CPU cores, native bf16: {cpu_bf16_supported()}, {args.repeats} repeats")
+    print(f"{'variant':<22}{'train step s':>13}{'ratio':>8}{'forward s':>11}{'ratio':>8}{'max |logit diff|':>18}")
+    for label, (step, forward, difference) in results.items():
+        print(f"{label:<22}{step:>13.3f}{base_step / step:>7.2f}x{forward:>11.3f}{base_forward / forward:>7.2f}x{difference:>18.2e}")
+
+
+if __name__ == "__main__":
+    main()
