@@ -164,7 +164,9 @@ def apply_preset(plan: dict, preset: Preset, get_pool_and_conv_props, min_edge_l
 
 
 def _safe_name(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9]+", "", text.title()) or "Dataset"
+    """Letters and digits of a dataset title, words joined in CamelCase: "phantom train" -> "PhantomTrain",
+    "FLARE21" stays "FLARE21"."""
+    name = "".join(w[:1].upper() + w[1:] for w in re.split(r"[^A-Za-z0-9]+", text)) or "Dataset"
     return name[:40]
 
 
