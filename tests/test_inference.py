@@ -333,3 +333,20 @@ def test_bad_options(tmp_path, trained_model, oriented_inputs):
                             (dict(device="tpu"), "--device")):
         with pytest.raises(NnsdmError, match=problem):
             predict(input=oriented_inputs, output=tmp_path / "out", model=trained_model, progress=False, **kwargs)
+
+
+def test_cpu_precision_bf16_and_fp32_agree_on_the_labels(tmp_path, trained_model, oriented_inputs):
+    image = oriented_inputs / "orig_0000.nii.gz"
+    labels = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        predict(input=image, output=out, model=trained_model, tta=False, device="cpu", cpu_precision=precision,
+                save_probabilities=True, progress=False)
+        labels[precision] = (_array(out / "orig.nii.gz"), np.load(out / "orig.npz")["probabilities"])
+    (seg32, prob32), (seg16, prob16) = labels["fp32"], labels["bf16"]
+    # the fixture model is barely trained (near-uniform probabilities, many near-ties), so a few % may move
+    assert np.mean(seg32 == seg16) > 0.97
+    difference = np.abs(prob32 - prob16)
+    assert difference.max() > 0 and difference.mean() < 0.01  # another precision really ran, close to fp32
+    with pytest.raises(NnsdmError, match="--cpu-precision fp16"):
+        predict(input=image, output=tmp_path / "x", model=trained_model, cpu_precision="fp16", progress=False)

@@ -173,3 +173,23 @@ def test_cpu_fast_path_keeps_outputs_gradients_and_state_dict(bf16):
     plain.load_state_dict(fast.state_dict())
     assert set(plain.state_dict()) == set(reference.state_dict())
 
+
+
+def test_cpu_fast_path_batch_of_one_without_gradients_matches_and_uses_onednn():
+    from torch.profiler import profile
+
+    from nnsdm.network import use_cpu_fast_path
+
+    torch.manual_seed(0)
+    reference = _build(NETWORKS[0], deep_supervision=False).eval()
+    fast = use_cpu_fast_path(_build(NETWORKS[0], deep_supervision=False).eval(), bf16=False)
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 1, *PATCH)
+    with torch.no_grad():
+        expected = reference(x)
+        with profile() as prof:
+            got = fast(x)
+    assert got.shape == expected.shape == (1, 5, *PATCH)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in ops and "aten::slow_conv3d_forward" not in ops

@@ -124,7 +124,7 @@ def cpu_bf16_supported() -> bool:
 
 
 def use_cpu_fast_path(network: nn.Module, *, bf16: bool) -> nn.Module:
-    """Make a network that runs on the CPU about 1.6x (fp32) or 3x (bf16) faster per training step.
+    """Make a network that runs on the CPU about 1.6x (fp32) or 2.6x (bf16) faster per training step.
 
     oneDNN's 3D convolutions, above all their backward pass, are much faster in the channels-last
     (NDHWC) layout, so weights and inputs are switched to it. With ``bf16`` the forward pass runs under
@@ -132,19 +132,38 @@ def use_cpu_fast_path(network: nn.Module, *, bf16: bool) -> nn.Module:
     fp32's range, so no gradient scaler is needed). Outputs are returned in float32, so losses, Dice and
     the exported probabilities are computed in full precision. Parameters and state dict keys are
     unchanged (checkpoints load into a network without the fast path). Returns ``network``.
+
+    Inference in fp32 with a batch of one (nnU-Net's sliding window): PyTorch sends float32 3D
+    convolutions with a batch of one and few channels to its slow reference kernel (``slow_conv3d``,
+    about 9x slower here than oneDNN for 8 channels at 32x80x80), so without gradients such a batch is
+    run as two identical samples, which takes oneDNN's path, and the first is returned.
     """
     network.to(memory_format=torch.channels_last_3d)
     forward = network.forward
 
     def fast_forward(x: torch.Tensor, *args, **kwargs):
+        single = x.dim() == 5 and x.shape[0] == 1 and not bf16 and not torch.is_grad_enabled()
+        if single:
+            x = x.expand(2, *x.shape[1:])
         if x.dim() == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = forward(x, *args, **kwargs)
-        return _as_float32(out)
+        out = _as_float32(out)
+        return _first_sample(out) if single else out
 
     network.forward = fast_forward
     return network
+
+
+def _first_sample(out):
+    if isinstance(out, torch.Tensor):
+        return out[:1]
+    if isinstance(out, DeepSupervisionOutputs):
+        return DeepSupervisionOutputs([o[:1] for o in out], [o[:1] for o in out.sdm])
+    if isinstance(out, (list, tuple)):
+        return type(out)(_first_sample(o) for o in out)
+    return out
 
 
 def _as_float32(out):

@@ -222,15 +222,25 @@ class _WithExtraChannels:
         return getattr(self._label_manager, name)
 
 
-def make_predictor(model: LoadedModel, *, device: torch.device, tta: bool, step_size: float, with_sdm: bool):
-    """nnU-Net's predictor for ``model`` (Gaussian sliding window, optional mirroring, all chosen folds)."""
+def make_predictor(model: LoadedModel, *, device: torch.device, tta: bool, step_size: float, with_sdm: bool,
+                   cpu_precision: str = "fp32"):
+    """nnU-Net's predictor for ``model`` (Gaussian sliding window, optional mirroring, all chosen folds).
+
+    On a CPU the network gets :func:`nnsdm.network.use_cpu_fast_path` (``cpu_precision`` ``bf16`` or
+    ``fp32``); on CUDA nnU-Net's own fp16 autocast applies.
+    """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about CPU devices
         predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=tta,
                                     perform_everything_on_device=device.type == "cuda", device=device,
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    predictor.manual_initialization(model.network(with_sdm=with_sdm), model.plans_manager, model.configuration_manager,
+    network = model.network(with_sdm=with_sdm)
+    if device.type == "cpu":
+        from nnsdm.network import use_cpu_fast_path
+
+        use_cpu_fast_path(network, bf16=cpu_precision == "bf16")
+    predictor.manual_initialization(network, model.plans_manager, model.configuration_manager,
                                     model.parameters, model.dataset_json, model.trainer_name, model.mirror_axes)
     if with_sdm:
         predictor.label_manager = _WithExtraChannels(model.label_manager, model.num_sdm_channels)
@@ -351,6 +361,7 @@ def predict(
     save_sdm: bool = False,
     save_probabilities: bool = False,
     overwrite: bool = False,
+    cpu_precision: str = "auto",
     progress: bool = True,
 ) -> list[Path]:
     """Segment every case of ``input`` into ``output/CASE.nii.gz``; return the label map paths of all cases.
@@ -363,7 +374,9 @@ def predict(
     :func:`nnsdm.inference.cv_postprocessing.determine_postprocessing`). ``save_sdm`` also writes
     ``CASE_sdm.nii.gz`` (4D float32, one signed distance map per foreground class, negative inside);
     ``save_probabilities`` writes nnU-Net's ``CASE.npz`` (softmax probabilities, (classes, z, y, x))
-    and ``CASE.pkl``.
+    and ``CASE.pkl``. ``cpu_precision`` (CPU only): ``bf16`` runs the network under bfloat16 autocast
+    (as nnU-Net runs under fp16 autocast on a GPU; about 10x faster here), ``fp32`` in full precision,
+    ``auto`` picks bf16 where the CPU computes it natively.
     """
     from tqdm import tqdm
 
@@ -373,6 +386,12 @@ def predict(
         raise NnsdmError(f"--step-size {step_size}: must be in (0, 1]")
     if postprocess not in POSTPROCESS_CHOICES:
         raise NnsdmError(f"--postprocess {postprocess}: choose none, largest or cv")
+    if cpu_precision not in ("auto", "bf16", "fp32"):
+        raise NnsdmError(f"--cpu-precision {cpu_precision}: choose auto, bf16 or fp32")
+    if cpu_precision == "auto":
+        from nnsdm.network import cpu_bf16_supported
+
+        cpu_precision = "bf16" if cpu_bf16_supported() else "fp32"
     torch_device = resolve_device(device)
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -397,7 +416,8 @@ def predict(
             tqdm.write(f"all {len(cases)} case(s) already predicted in {output} (use overwrite to predict again)")
         return [o.labels for _, o in plan]
     output.mkdir(parents=True, exist_ok=True)
-    predictor = make_predictor(loaded, device=torch_device, tta=tta, step_size=float(step_size), with_sdm=save_sdm)
+    predictor = make_predictor(loaded, device=torch_device, tta=tta, step_size=float(step_size), with_sdm=save_sdm,
+                               cpu_precision=cpu_precision)
     if progress and len(todo) < len(plan):
         tqdm.write(f"skipping {len(plan) - len(todo)} case(s) already predicted in {output}")
     bar = tqdm(todo, desc="predict", unit="case", disable=not progress, dynamic_ncols=True)
