@@ -54,7 +54,7 @@ DEFAULT_OUT = Path("nnsdm_demo")
 MARKER = ".nnsdm-demo"
 # The demo's configuration on a 2-core CPU (see the README's demo section for what it reaches there).
 DEFAULTS = {
-    "train_cases": 20,
+    "train_cases": 40,
     "test_cases": 10,
     "seed": 0,
     "shape": (64, 160, 160),
