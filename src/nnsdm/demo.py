@@ -7,8 +7,8 @@ the held-out set, FLARE21 evaluation, and the report with the held-out set as it
 ``ablation`` the plain nnU-Net baseline (``sdm_weight`` 0) is trained on the same data with the same
 seed and budget, predicts the same set, and the two are compared per organ with a paired Wilcoxon test.
 
-Plan: the ``cpu-small`` preset (a 346k-parameter network, patch 32x80x80 on data resampled to at least
-1.6 mm in-plane, so one patch spans most of the abdomen's width). Training recipe: nnU-Net's trainer,
+Plan: the ``cpu-small`` preset (a 351k-parameter network, patch 32x80x80 on data resampled to at least
+3x1.6x1.6 mm, so one patch spans most of the abdomen). Training recipe: nnU-Net's trainer,
 loss, sampling and augmentation, with two changes for a budget of under 2,000 iterations of a tiny
 network on a CPU, both taken from nnU-Net's own trainer variants (:func:`_train`): AdamW at 3e-3 with
 nnU-Net's poly schedule instead of SGD at 0.01, and no mirroring. On a CPU with native bfloat16 the
