@@ -124,7 +124,7 @@ def cpu_bf16_supported() -> bool:
 
 
 def use_cpu_fast_path(network: nn.Module, *, bf16: bool) -> nn.Module:
-    """Make a network that runs on the CPU about 1.6x (fp32) or 2.6x (bf16) faster per training step.
+    """Make a network that runs on the CPU about 1.5x (fp32) or 2.5x (bf16) faster per training step.
 
     oneDNN's 3D convolutions, above all their backward pass, are much faster in the channels-last
     (NDHWC) layout, so weights and inputs are switched to it. With ``bf16`` the forward pass runs under
