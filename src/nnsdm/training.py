@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,11 +219,10 @@ def trainer_class(sdm_weight: float):
             if self.local_rank == 0:
                 from tqdm import tqdm
 
-                # in a log file (no terminal) a bar redrawn per iteration floods it: redraw every 30 s there
-                interval = 0.1 if sys.stderr.isatty() else 30.0
+                # disable=None: only on a terminal; in a log file the bar's redraws would pile up, and the
+                # per-epoch log lines already show progress there
                 self.progress_bar = tqdm(total=self.num_iterations_per_epoch, leave=False, dynamic_ncols=True,
-                                         mininterval=interval, maxinterval=max(10.0, interval),
-                                         desc=f"epoch {self.current_epoch + 1}/{self.num_epochs}")
+                                         disable=None, desc=f"epoch {self.current_epoch + 1}/{self.num_epochs}")
 
         def on_train_epoch_end(self, train_outputs):
             if self.progress_bar is not None:
