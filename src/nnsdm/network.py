@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nnsdm.errors import NnsdmError
+
 SDM_HEAD_PREFIX = "sdm_heads."
 
 
@@ -115,6 +117,18 @@ def build_network(
     return SDMUNet(unet, num_sdm_channels)
 
 
+CPU_PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_cpu_precision(cpu_precision: str) -> str:
+    """``bf16`` or ``fp32`` for ``--cpu-precision``: ``auto`` is bf16 where the CPU computes it natively."""
+    if cpu_precision not in CPU_PRECISIONS:
+        raise NnsdmError(f"--cpu-precision {cpu_precision}: choose auto, bf16 or fp32")
+    if cpu_precision == "auto":
+        return "bf16" if cpu_bf16_supported() else "fp32"
+    return cpu_precision
+
+
 def cpu_bf16_supported() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 convolutions pay off."""
     try:
@@ -149,30 +163,21 @@ def use_cpu_fast_path(network: nn.Module, *, bf16: bool) -> nn.Module:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = forward(x, *args, **kwargs)
-        out = _as_float32(out)
-        return _first_sample(out) if single else out
+        out = _map_outputs(out, lambda t: t.float())
+        return _map_outputs(out, lambda t: t[:1]) if single else out
 
     network.forward = fast_forward
     return network
 
 
-def _first_sample(out):
+def _map_outputs(out, fn):
+    """``fn`` applied to every tensor of a network output (tensor, list/tuple, DeepSupervisionOutputs)."""
     if isinstance(out, torch.Tensor):
-        return out[:1]
+        return fn(out)
     if isinstance(out, DeepSupervisionOutputs):
-        return DeepSupervisionOutputs([o[:1] for o in out], [o[:1] for o in out.sdm])
+        return DeepSupervisionOutputs([fn(o) for o in out], [fn(o) for o in out.sdm])
     if isinstance(out, (list, tuple)):
-        return type(out)(_first_sample(o) for o in out)
-    return out
-
-
-def _as_float32(out):
-    if isinstance(out, torch.Tensor):
-        return out.float()
-    if isinstance(out, DeepSupervisionOutputs):
-        return DeepSupervisionOutputs([_as_float32(o) for o in out], [_as_float32(o) for o in out.sdm])
-    if isinstance(out, (list, tuple)):
-        return type(out)(_as_float32(o) for o in out)
+        return type(out)(_map_outputs(o, fn) for o in out)
     return out
 
 

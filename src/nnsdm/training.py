@@ -28,7 +28,7 @@ from torch import nn
 
 from nnsdm.checkpoints import read_checkpoint
 from nnsdm.errors import NnsdmError
-from nnsdm.network import DeepSupervisionOutputs, build_network, cpu_bf16_supported, use_cpu_fast_path
+from nnsdm.network import DeepSupervisionOutputs, build_network, resolve_cpu_precision, use_cpu_fast_path
 from nnsdm.planning import CONFIGURATION, PLANS_IDENTIFIER
 from nnsdm.sdm import signed_distance_map
 from nnsdm.workspace import Workspace
@@ -136,11 +136,7 @@ def trainer_class(sdm_weight: float):
         @property
         def cpu_precision_used(self) -> str | None:
             """The CPU precision training runs in (None on CUDA, where nnU-Net's fp16 autocast applies)."""
-            if self.device.type != "cpu":
-                return None
-            if self.cpu_precision == "auto":
-                return "bf16" if cpu_bf16_supported() else "fp32"
-            return self.cpu_precision
+            return resolve_cpu_precision(self.cpu_precision) if self.device.type == "cpu" else None
 
         # --- optimiser and mirroring (nnU-Net's defaults unless asked otherwise) -------------------------
         def configure_optimizers(self):
@@ -370,8 +366,7 @@ def build_trainer(
         raise NnsdmError(f"--optimizer {optimizer}: choose sgd (nnU-Net's) or adamw")
     if learning_rate is not None and not learning_rate > 0:
         raise NnsdmError(f"--lr {learning_rate}: must be positive")
-    if cpu_precision not in ("auto", "bf16", "fp32"):
-        raise NnsdmError(f"--cpu-precision {cpu_precision}: choose auto, bf16 or fp32")
+    resolve_cpu_precision(cpu_precision)  # a clear error before any work
     dataset_json = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False
     cls = trainer_class(sdm_weight)

@@ -386,12 +386,9 @@ def predict(
         raise NnsdmError(f"--step-size {step_size}: must be in (0, 1]")
     if postprocess not in POSTPROCESS_CHOICES:
         raise NnsdmError(f"--postprocess {postprocess}: choose none, largest or cv")
-    if cpu_precision not in ("auto", "bf16", "fp32"):
-        raise NnsdmError(f"--cpu-precision {cpu_precision}: choose auto, bf16 or fp32")
-    if cpu_precision == "auto":
-        from nnsdm.network import cpu_bf16_supported
+    from nnsdm.network import resolve_cpu_precision
 
-        cpu_precision = "bf16" if cpu_bf16_supported() else "fp32"
+    cpu_precision = resolve_cpu_precision(cpu_precision)
     torch_device = resolve_device(device)
     output = Path(output)
     if output.exists() and not output.is_dir():
