@@ -1,0 +1,91 @@
+"""Quality scores on constructed cases: agreement of the SDM head with the segmentation, and the softmax baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnsdm.inference.qc import QC_COLUMNS, case_qc, entropy_score, read_qc_csv, sdm_score, update_qc_csv
+from nnsdm.sdm import signed_distance_map
+
+SHAPE = (24, 48, 48)
+SPACING = (2.5, 1.0, 1.0)
+ORGANS = {1: "liver", 2: "kidney"}
+
+
+def _ellipsoid(centre=(12, 24, 24), radii=(15.0, 12.0, 9.0)) -> np.ndarray:
+    z, y, x = np.indices(SHAPE, dtype=float)
+    zz, yy, xx = (z - centre[0]) * SPACING[0], (y - centre[1]) * SPACING[1], (x - centre[2]) * SPACING[2]
+    return (zz / radii[0]) ** 2 + (yy / radii[1]) ** 2 + (xx / radii[2]) ** 2 <= 1.0
+
+
+def _sdm(mask: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """The reference SDM, slightly negative on the inner boundary (where the reference is 0) as a trained head is."""
+    return scale * (signed_distance_map(mask.astype(np.uint8), [1], SPACING)[0] - 1e-3 * mask)
+
+
+def test_perfect_prediction_scores_one_whatever_the_head_scale():
+    mask = _ellipsoid()
+    for scale in (1.0, 0.2, 0.03):  # the head's magnitude varies with the per-patch normalisation
+        sdm = _sdm(mask, scale)
+        assert sdm_score(mask, sdm, SPACING) == pytest.approx(1.0)
+
+
+def test_disagreement_scores_low_and_monotonically():
+    mask = _ellipsoid()
+    scores = [sdm_score(mask, _sdm(_ellipsoid(centre=(12, 24, 24 + shift))), SPACING) for shift in (0, 2, 4, 7, 11, 20)]
+    assert scores[0] > 0.9
+    assert all(a > b for a, b in zip(scores, scores[1:])), scores
+    assert scores[-1] == 0.0  # no overlap at all
+    # a head that sees a much smaller organ than the segmentation (volume disagreement)
+    small = sdm_score(mask, _sdm(_ellipsoid(radii=(8.0, 6.0, 5.0))), SPACING)
+    assert small < 0.5
+
+
+def test_absent_organs():
+    empty = np.zeros(SHAPE, dtype=bool)
+    assert sdm_score(empty, np.ones(SHAPE, np.float32), SPACING) == 1.0  # both say absent
+    assert sdm_score(empty, _sdm(_ellipsoid()), SPACING) == 0.0  # the head sees an organ the segmentation lacks
+    assert sdm_score(_ellipsoid(), np.ones(SHAPE, np.float32), SPACING) == 0.0  # and the reverse
+
+
+def _probabilities(mask: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax over (background, organ) from a signed distance: sharper for a lower temperature."""
+    logit = -_sdm(mask) * 10.0 / temperature
+    p = 1.0 / (1.0 + np.exp(-logit))
+    return np.stack([1.0 - p, p]).astype(np.float32)
+
+
+def test_entropy_baseline_is_high_when_confident_and_falls_with_uncertainty():
+    mask = _ellipsoid()
+    onehot = np.stack([~mask, mask]).astype(np.float32)
+    assert entropy_score(onehot, 1, mask, SPACING) == pytest.approx(1.0)
+    scores = [entropy_score(_probabilities(mask, t), 1, mask, SPACING) for t in (0.1, 1.0, 3.0, 10.0)]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert all(a > b for a, b in zip(scores, scores[1:])), scores
+    uniform = np.full((2, *SHAPE), 0.5, np.float32)
+    assert entropy_score(uniform, 1, mask, SPACING) == pytest.approx(0.0, abs=1e-6)
+    # confidently absent: no voxel near the organ's probability
+    assert entropy_score(np.stack([np.ones(SHAPE), np.zeros(SHAPE)]), 1, np.zeros(SHAPE, bool), SPACING) == 1.0
+
+
+def test_case_qc_rows_and_csv(tmp_path):
+    liver, kidney = _ellipsoid(), _ellipsoid(centre=(12, 24, 24), radii=(6.0, 5.0, 4.0))
+    segmentation = np.where(kidney, 2, np.where(liver, 1, 0)).astype(np.uint8)
+    sdm = signed_distance_map(segmentation, [1, 2], SPACING) - 1e-3 * np.stack([segmentation == 1, segmentation == 2])
+    sdm[1] = _sdm(_ellipsoid(centre=(12, 24, 40), radii=(6.0, 5.0, 4.0)))  # the head puts the kidney elsewhere
+    probabilities = np.stack([segmentation == k for k in range(3)]).astype(np.float32)
+    rows = case_qc("case_a", segmentation, sdm, probabilities, SPACING, ORGANS)
+    assert [r["organ"] for r in rows] == ["liver", "kidney"]
+    assert rows[0]["qc"] > 0.95 and rows[0]["flagged"] == 0 and rows[0]["qc_baseline"] == pytest.approx(1.0)
+    assert rows[1]["qc"] == 0.0 and rows[1]["flagged"] == 1
+    path = tmp_path / "qc.csv"
+    update_qc_csv(path, rows)
+    update_qc_csv(path, case_qc("case_0", segmentation, sdm, None, SPACING, ORGANS))
+    update_qc_csv(path, rows)  # replacing a case's rows keeps one copy
+    table = read_qc_csv(path)
+    assert list(table[0]) == QC_COLUMNS
+    assert [(r["case"], r["organ"]) for r in table] == [("case_0", "liver"), ("case_0", "kidney"),
+                                                         ("case_a", "liver"), ("case_a", "kidney")]
+    assert table[0]["qc_baseline"] == ""  # no probabilities, no baseline
+    assert not list(tmp_path.glob("*.tmp*"))
