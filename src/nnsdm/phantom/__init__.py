@@ -47,8 +47,9 @@ import numpy as np
 
 from nnsdm.errors import NnsdmError
 from nnsdm.phantom._case import OTHER_ORIENTATIONS, check_grid, generate_case_arrays
+from nnsdm.phantom._degrade import DEGRADATIONS
 
-__all__ = ["generate_case", "generate_dataset", "case_seed", "LABELS", "OTHER_ORIENTATIONS"]
+__all__ = ["generate_case", "generate_dataset", "case_seed", "LABELS", "OTHER_ORIENTATIONS", "DEGRADATIONS"]
 
 LABELS = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 NAMINGS = ("nnunet", "flare21")
@@ -61,18 +62,21 @@ def case_seed(seed: int, index: int) -> int:
 
 def generate_case(*, seed: int, shape: tuple[int, int, int] = (64, 160, 160),
                   spacing: tuple[float, float, float] = (2.5, 0.8, 0.8), orientation: str | None = None,
-                  return_info: bool = False):
+                  degradation: str | None = None, severity: float = 1.0, return_info: bool = False):
     """One synthetic CT (int16 HU) and its label map (uint8) as SimpleITK images with a correct affine.
 
     ``shape`` and ``spacing`` are the nominal (z, y, x) grid; the case's own grid varies around it.
     ``orientation`` forces the stored axis orientation ("LPS" or one of ``OTHER_ORIENTATIONS``) without
     changing anything else; by default about one case in four is stored in another orientation.
+    ``degradation`` (one of ``DEGRADATIONS``: noise, low dose, contrast phase, metal, motion, truncated
+    field of view, thick slices; see ``nnsdm.phantom._degrade``) at ``severity`` in (0, 1] degrades the
+    same case (same anatomy) the way real scans go wrong.
     With ``return_info`` also returns a dict: seed, orientation, shape, spacing (z, y, x), findings
     (fatty_liver, liver_lesions, kidney_cyst, kidney_tumour, gallbladder, oral_contrast, liver_dome_cropped),
     noise_sd, the base HU per tissue, and ``tissue``: a uint8 array like the image naming each voxel's
     tissue (indices into ``tissue_names``), for checks.
     """
-    image, label, info = generate_case_arrays(seed, shape, spacing, orientation)
+    image, label, info = generate_case_arrays(seed, shape, spacing, orientation, degradation, severity)
     return (image, label, info) if return_info else (image, label)
 
 

@@ -7,6 +7,7 @@ from scipy import ndimage
 
 from nnsdm.errors import NnsdmError
 from nnsdm.phantom._anatomy import sample_anatomy, sample_hu
+from nnsdm.phantom._degrade import DEGRADATIONS, degrade
 from nnsdm.phantom._geom import Canvas
 from nnsdm.phantom._paint import TISSUES, draw
 
@@ -40,7 +41,8 @@ def template_scale(shape, spacing) -> tuple[float, float]:
     return 0.82 * min(ny * sy, nx * sx) / TEMPLATE_WIDTH, nz * sz / TEMPLATE_HEIGHT
 
 
-def generate_case_arrays(seed: int, shape, spacing, orientation: str | None):
+def generate_case_arrays(seed: int, shape, spacing, orientation: str | None, degradation: str | None = None,
+                         severity: float = 1.0):
     """Everything ``generate_case`` returns, as SimpleITK images plus the info dict (with the tissue image)."""
     import SimpleITK as sitk
 
@@ -49,6 +51,8 @@ def generate_case_arrays(seed: int, shape, spacing, orientation: str | None):
         raise NnsdmError(f"seed: expected a non-negative integer, got {seed!r}")
     if orientation is not None and orientation != "LPS" and orientation not in OTHER_ORIENTATIONS:
         raise NnsdmError(f"orientation: expected LPS or one of {', '.join(OTHER_ORIENTATIONS)}, got {orientation!r}")
+    if degradation is not None and degradation not in DEGRADATIONS:
+        raise NnsdmError(f"degradation: expected one of {', '.join(DEGRADATIONS)}, got {degradation!r}")
     # separate streams: the patient's anatomy and intensities do not depend on the grid drawn for the case
     anatomy_seq, grid_seq, image_seq = np.random.SeedSequence(int(seed)).spawn(3)
     arng = np.random.default_rng(anatomy_seq)
@@ -100,9 +104,13 @@ def generate_case_arrays(seed: int, shape, spacing, orientation: str | None):
     ndimage.gaussian_filter(noise, (0.0, 0.6, 0.6), output=noise, truncate=3.0)
     noise *= noise_sd / max(float(noise.std()), 1e-6)
     hu += noise
-    ct = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-
     origin = tuple(c - (n - 1) / 2 * s for c, n, s in zip(fov_centre, (nx, ny, nz), (sp_x, sp_y, sp_z)))
+    if degradation is not None:  # its own random stream: the anatomy and the clean image stay the same
+        old = (sp_z, sp_y, sp_x)
+        hu, label, tissue, (sp_z, sp_y, sp_x), shift = degrade(
+            degradation, severity, hu, label, tissue, old, TISSUES, np.random.default_rng([int(seed), 7919]))
+        origin = tuple(o + d * s for o, d, s in zip(origin, reversed(shift), reversed(old)))
+    ct = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
     def image(array):
         img = sitk.GetImageFromArray(array)
@@ -120,6 +128,8 @@ def generate_case_arrays(seed: int, shape, spacing, orientation: str | None):
         "liver_dome_cropped": bool((label[-1] == 1).any()),
         **findings,
         "noise_sd": round(float(noise_sd), 2),
+        "degradation": degradation,
+        "severity": None if degradation is None else round(float(severity), 3),
         "hu": {k: round(float(v), 1) for k, v in H.items()},
         "template_scale": [round(s_xy, 6), round(s_z, 6)],
         "tissue": sitk.GetArrayFromImage(tissue_img),
