@@ -89,3 +89,44 @@ def test_case_qc_rows_and_csv(tmp_path):
                                                          ("case_a", "liver"), ("case_a", "kidney")]
     assert table[0]["qc_baseline"] == ""  # no probabilities, no baseline
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+# --- predict --qc with the session's tiny trained SDM model -------------------------------------------------
+
+@pytest.mark.slow
+def test_predict_qc_writes_scores_matching_its_outputs(tmp_path, trained_model, phantom_dataset):
+    import SimpleITK as sitk
+
+    from nnsdm.inference import predict
+    from nnsdm.inference.qc import QC_FILE, QC_THRESHOLD
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = sitk.ReadImage(str(sorted((phantom_dataset / "imagesTr").glob("*_0000.nii.gz"))[0]))
+    sitk.WriteImage(image, str(inputs / "lps_0000.nii.gz"))
+    sitk.WriteImage(sitk.DICOMOrient(image, "SAR"), str(inputs / "sar_0000.nii.gz"))
+    out = tmp_path / "out"
+    predict(input=inputs, output=out, model=trained_model, tta=False, device="cpu", save_sdm=True,
+            save_probabilities=True, qc=True, progress=False)
+    table = read_qc_csv(out / QC_FILE)
+    assert [(r["case"], r["organ"]) for r in table] == [(c, o) for c in ("lps", "sar")
+                                                        for o in ("liver", "kidney", "spleen", "pancreas")]
+    for case in ("lps", "sar"):
+        seg_image = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        sdm = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}_sdm.nii.gz")))
+        probabilities = np.load(out / f"{case}.npz")["probabilities"]
+        expected = case_qc(case, sitk.GetArrayFromImage(seg_image), sdm, probabilities,
+                           tuple(reversed(seg_image.GetSpacing())), {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"})
+        rows = [r for r in table if r["case"] == case]
+        for row, want in zip(rows, expected):
+            assert float(row["qc"]) == pytest.approx(want["qc"], abs=1e-4)
+            assert float(row["qc_baseline"]) == pytest.approx(want["qc_baseline"], abs=1e-4)
+            assert 0.0 <= float(row["qc"]) <= 1.0 and 0.0 <= float(row["qc_baseline"]) <= 1.0
+            assert int(row["flagged"]) == int(float(row["qc"]) < QC_THRESHOLD)
+    # a folder predicted without --qc gets its scores on the next run with --qc
+    plain = tmp_path / "plain"
+    predict(input=inputs / "lps_0000.nii.gz", output=plain, model=trained_model, tta=False, device="cpu", progress=False)
+    assert not (plain / QC_FILE).exists()
+    predict(input=inputs / "lps_0000.nii.gz", output=plain, model=trained_model, tta=False, device="cpu", qc=True,
+            progress=False)
+    assert [r["organ"] for r in read_qc_csv(plain / QC_FILE)] == ["liver", "kidney", "spleen", "pancreas"]

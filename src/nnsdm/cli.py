@@ -124,9 +124,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     folds = [f if f == "all" else int(f) for f in args.folds] if args.folds else None
     written = predict(input=args.input, output=args.output, model=args.model, folds=folds, tta=not args.no_tta,
                       step_size=args.step_size, device=args.device, postprocess=args.postprocess, save_sdm=args.save_sdm,
-                      save_probabilities=args.save_probabilities, overwrite=args.overwrite,
+                      save_probabilities=args.save_probabilities, qc=args.qc, overwrite=args.overwrite,
                       cpu_precision=args.cpu_precision)
     print(f"{len(written)} label map(s) in {args.output}; time and memory per case in {args.output / 'efficiency.csv'}")
+    if args.qc:
+        print(f"quality scores per case and organ in {args.output / 'qc.csv'} (flagged: worth a look)")
     return 0
 
 
@@ -261,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--postprocess", choices=["none", "largest", "cv"], default="none",
                    help="none (paper, default); largest: largest component per label, two for the kidneys; cv: as the cross-validation decided")
     p.add_argument("--save-sdm", action="store_true", help="also write CASE_sdm.nii.gz, the predicted signed distance maps (4D)")
+    p.add_argument("--qc", action="store_true", help="score each organ (SDM head vs segmentation, and a softmax-entropy "
+                   "baseline) into qc.csv and flag likely failures (SDM models)")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with the softmax probabilities")
     p.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="CPU only: bf16 autocast (as nnU-Net's fp16 on GPUs) or fp32 (default auto: bf16 where the CPU has native bf16)")

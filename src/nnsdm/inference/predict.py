@@ -45,6 +45,7 @@ from nnsdm.inference.io import (
     read_case,
     reorient,
 )
+from nnsdm.inference.qc import QC_FILE, case_qc, read_qc_csv, update_qc_csv
 
 POSTPROCESS_CHOICES = ("none", "largest", "cv")
 SDM_SUFFIX = "_sdm"
@@ -291,11 +292,11 @@ def case_outputs(case: Case, output: Path, *, save_sdm: bool, save_probabilities
 
 
 def predict_case(case: Case, model: LoadedModel, predictor, outputs: CaseOutputs, *,
-                 keep: dict[int, int] | None) -> None:
+                 keep: dict[int, int] | None, qc: bool = False) -> list[dict]:
     """Read, preprocess, predict, revert to the input grid, post-process and write one case.
 
     Extra outputs are written first and the label map last, each atomically: a case whose label map
-    exists is complete.
+    exists is complete. Returns the case's ``qc.csv`` rows with ``qc`` (else an empty list).
     """
     import SimpleITK as sitk
     from nnunetv2.configuration import default_num_processes
@@ -314,26 +315,48 @@ def predict_case(case: Case, model: LoadedModel, predictor, outputs: CaseOutputs
     del data
     heads = model.label_manager.num_segmentation_heads
     sdm = None
-    if outputs.sdm is not None:
+    if outputs.sdm is not None or qc:
         sdm = sdm_to_input_grid(logits[heads:], properties, model.plans_manager, model.configuration_manager)
     result = convert_predicted_logits_to_segmentation_with_correct_shape(
         logits[:heads], model.plans_manager, model.configuration_manager, model.label_manager, properties,
-        return_probabilities=outputs.probabilities is not None, num_threads_torch=default_num_processes)
+        return_probabilities=outputs.probabilities is not None or qc, num_threads_torch=default_num_processes)
     del logits
-    segmentation, probabilities = result if outputs.probabilities is not None else (result, None)
+    segmentation, probabilities = result if outputs.probabilities is not None or qc else (result, None)
     segmentation = orientation.undo(np.asarray(segmentation))
     if keep:
         segmentation = keep_largest_components(segmentation, labels=keep.keys(), keep=keep)
-
-    if sdm is not None:
-        write_image(channels_image(orientation.undo(sdm), image), outputs.sdm)
-    if probabilities is not None:
+    rows = []
+    if qc:
         probabilities = orientation.undo(np.asarray(probabilities))
+        organs = {int(v): k for k, v in model.dataset_json["labels"].items() if int(v) != 0}
+        rows = case_qc(case.name, segmentation, orientation.undo(sdm), probabilities,
+                       tuple(reversed(image.GetSpacing())), organs)
+
+    if outputs.sdm is not None:
+        write_image(channels_image(orientation.undo(sdm), image), outputs.sdm)
+    if outputs.probabilities is not None:
+        probabilities = probabilities if qc else orientation.undo(np.asarray(probabilities))
         with atomic_path(outputs.probabilities) as tmp:
             np.savez_compressed(tmp, probabilities=probabilities)
         with atomic_path(outputs.properties) as tmp:  # what nnU-Net's ensembling needs to write the result
             tmp.write_bytes(pickle.dumps(nnunet_properties(image)))
     write_image(label_image(segmentation, image), outputs.labels)
+    return rows
+
+
+def _todo(plan: list, output: Path, *, overwrite: bool, qc: bool) -> list:
+    """The (case, outputs) pairs to predict: all with ``overwrite``, else those with a missing output or qc row."""
+    scored = {row["case"] for row in read_qc_csv(output / QC_FILE)} if qc else set()
+    return [(c, o) for c, o in plan
+            if overwrite or not all(p.is_file() for p in o.all()) or (qc and c.name not in scored)]
+
+
+def _check_sdm_options(model: LoadedModel, *, save_sdm: bool, qc: bool) -> None:
+    for wanted, option in ((save_sdm, "--save-sdm"), (qc, "--qc")):
+        if wanted and model.num_sdm_channels == 0:
+            raise NnsdmError(f"{model.folder}: model has no SDM head (trained with sdm_weight 0); {option} needs an SDM model")
+    if qc and model.label_manager.has_regions:
+        raise NnsdmError(f"{model.folder}: --qc needs a label-based (not region-based) model")
 
 
 def _postprocess_rule(postprocess: str, model: LoadedModel) -> dict[int, int] | None:
@@ -360,6 +383,7 @@ def predict(
     postprocess: str = "none",
     save_sdm: bool = False,
     save_probabilities: bool = False,
+    qc: bool = False,
     overwrite: bool = False,
     cpu_precision: str = "auto",
     progress: bool = True,
@@ -376,7 +400,9 @@ def predict(
     ``save_probabilities`` writes nnU-Net's ``CASE.npz`` (softmax probabilities, (classes, z, y, x))
     and ``CASE.pkl``. ``cpu_precision`` (CPU only): ``bf16`` runs the network under bfloat16 autocast
     (as nnU-Net runs under fp16 autocast on a GPU; about 10x faster here), ``fp32`` in full precision,
-    ``auto`` picks bf16 where the CPU computes it natively.
+    ``auto`` picks bf16 where the CPU computes it natively. ``qc`` (SDM models) scores every organ
+    of every case in ``output/qc.csv`` (:mod:`nnsdm.inference.qc`: agreement of the SDM head with the
+    segmentation, and a softmax-entropy baseline); a case without rows there is predicted again.
     """
     from tqdm import tqdm
 
@@ -397,8 +423,7 @@ def predict(
     for case in cases:
         check_case(case)
     loaded = load_model(Path(model), folds=folds)
-    if save_sdm and loaded.num_sdm_channels == 0:
-        raise NnsdmError(f"{loaded.folder}: model has no SDM head (trained with sdm_weight 0); --save-sdm needs an SDM model")
+    _check_sdm_options(loaded, save_sdm=save_sdm, qc=qc)
     keep = _postprocess_rule(postprocess, loaded)
 
     plan = [(case, case_outputs(case, output, save_sdm=save_sdm, save_probabilities=save_probabilities)) for case in cases]
@@ -407,13 +432,13 @@ def predict(
         clash = [p for p in outs.all() if p.resolve() in inputs]
         if clash:
             raise NnsdmError(f"{clash[0]}: output would overwrite an input file; choose another output folder")
-    todo = [(c, o) for c, o in plan if overwrite or not all(p.is_file() for p in o.all())]
+    todo = _todo(plan, output, overwrite=overwrite, qc=qc)
     if not todo:
         if progress:
             tqdm.write(f"all {len(cases)} case(s) already predicted in {output} (use overwrite to predict again)")
         return [o.labels for _, o in plan]
     output.mkdir(parents=True, exist_ok=True)
-    predictor = make_predictor(loaded, device=torch_device, tta=tta, step_size=float(step_size), with_sdm=save_sdm,
+    predictor = make_predictor(loaded, device=torch_device, tta=tta, step_size=float(step_size), with_sdm=save_sdm or qc,
                                cpu_precision=cpu_precision)
     if progress and len(todo) < len(plan):
         tqdm.write(f"skipping {len(plan) - len(todo)} case(s) already predicted in {output}")
@@ -421,6 +446,8 @@ def predict(
     for case, outs in bar:
         bar.set_postfix(case=case.name)
         with CaseMonitor(case.name, torch_device) as monitor:
-            predict_case(case, loaded, predictor, outs, keep=keep)
+            rows = predict_case(case, loaded, predictor, outs, keep=keep, qc=qc)
         update_efficiency_csv(output / EFFICIENCY_FILE, [monitor.result])
+        if qc:
+            update_qc_csv(output / QC_FILE, rows)
     return [o.labels for _, o in plan]
