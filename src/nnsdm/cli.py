@@ -50,6 +50,8 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
         kwargs["shape"] = args.shape
     if args.spacing:
         kwargs["spacing"] = args.spacing
+    if args.degradation:
+        kwargs.update(degradation=args.degradation, severity=args.severity)
     out = generate_dataset(args.out, cases=args.cases, seed=args.seed, naming=args.naming, overwrite=args.overwrite, **kwargs)
     print(f"wrote {args.cases} synthetic CT cases to {out}")
     return 0
@@ -166,7 +168,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from nnsdm.demo import run_demo
 
     options = {k: v for k, v in vars(args).items()
-               if k in ("train_cases", "test_cases", "seed", "shape", "spacing", "epochs", "iterations", "learning_rate", "workers")
+               if k in ("train_cases", "test_cases", "seed", "seeds", "shape", "spacing", "epochs", "iterations", "learning_rate",
+                        "workers")
                and v is not None}
     run_demo(out=args.out, ablation=args.ablation, overwrite=args.overwrite, tta=args.tta, device=args.device, **options)
     return 0
@@ -177,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nnsdm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    from nnsdm.phantom import DEGRADATIONS
+
     p = sub.add_parser("phantom", help="write a synthetic abdominal CT dataset (nnU-Net raw layout)",
                        description="Write a synthetic abdominal CT dataset with liver, kidney, spleen and pancreas labels.")
     p.add_argument("out", type=Path, help="output dataset folder")
@@ -186,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=_spacing, help="nominal voxel spacing in mm z x y x x (varies per case)")
     p.add_argument("--naming", choices=["nnunet", "flare21"], default="nnunet",
                    help="nnunet: imagesTr/labelsTr/dataset.json; flare21: the FLARE21 release layout")
+    p.add_argument("--degradation", choices=DEGRADATIONS, help="degrade every case the way real scans go wrong "
+                   "(same anatomy as without it)")
+    p.add_argument("--severity", type=float, default=1.0, help="degradation strength in (0, 1] (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.set_defaults(func=_cmd_phantom)
 
@@ -307,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model, predict and evaluate the held-out set, and write the report; summary.json holds the scores.")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
     p.add_argument("--ablation", action="store_true", help="also train the sdm_weight 0 baseline and compare (paired Wilcoxon)")
+    p.add_argument("--seeds", type=int, help="with --ablation: train both models with this many training seeds "
+                   "(same data and budget) and report mean +- sd over seeds and a paired test over cases and seeds (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo's output folder")
     p.add_argument("--train-cases", type=int, help=f"training cases (default {DEFAULTS['train_cases']})")
     p.add_argument("--test-cases", type=int, help=f"held-out cases (default {DEFAULTS['test_cases']})")

@@ -238,6 +238,7 @@ def run_demo(
     *,
     out: Path = DEFAULT_OUT,
     ablation: bool = False,
+    seeds: int = 1,
     overwrite: bool = False,
     train_cases: int = DEFAULTS["train_cases"],
     test_cases: int = DEFAULTS["test_cases"],
@@ -259,12 +260,17 @@ def run_demo(
     it), ``learning_rate`` the initial rate of the demo's AdamW recipe (see :func:`_train`); ``tta``
     mirrors at prediction (only for a model trained with mirroring: the demo's is not); ``workers``:
     augmentation processes per data loader (default: CPU cores - 1, at least 1, at most 4); ``processes``: planning/preprocessing processes (default: nnsdm's). ``shape`` and
-    ``spacing`` are the phantoms' nominal (z, y, x) grid. Summary keys: ``dsc``, ``nsd`` (held-out mean
+    ``spacing`` are the phantoms' nominal (z, y, x) grid. ``seeds`` K > 1 (with ``ablation``) trains both
+    models K times on the same data and budget (training seeds ``seed``..``seed``+K-1; the workspace keeps
+    the first seed's models) and writes ``ablation_seeds.csv`` (per organ mean +- sd over seeds) and
+    ``ablation.csv`` (paired test over cases and seeds). Summary keys: ``dsc``, ``nsd`` (held-out mean
     per organ), ``mean_dsc``, ``mean_nsd``, ``seconds``, ``model`` (absolute model folder for
     ``nnsdm predict --model``), ``report``, ``stages`` (seconds each), ``config``; with ``ablation`` also
     ``baseline`` (the same scores for the sdm_weight 0 model) and ``ablation`` (rows of ablation.csv).
     """
-    _check_options(train_cases=train_cases, test_cases=test_cases, epochs=epochs, iterations=iterations)
+    _check_options(train_cases=train_cases, test_cases=test_cases, epochs=epochs, iterations=iterations, seeds=seeds)
+    if seeds > 1 and not ablation:
+        raise NnsdmError(f"--seeds {seeds}: repeats the ablation; use it with --ablation")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise NnsdmError(f"--seed {seed}: must be a non-negative whole number")
     from nnsdm.training import resolve_device
@@ -280,15 +286,13 @@ def run_demo(
     out = Path(out).expanduser().absolute()
     _prepare_out(out, overwrite)
 
-    from nnsdm.evaluation import evaluate_folder
     from nnsdm.fileio import write_text
-    from nnsdm.inference import predict
     from nnsdm.phantom import generate_dataset
     from nnsdm.planning import plan
     from nnsdm.report import write_report
     from nnsdm.workspace import Workspace
 
-    stages = _Stages(10 if ablation else 6, progress)
+    stages = _Stages(6 + 4 * ablation + 6 * (seeds - 1), progress)
     load_start = os.getloadavg()
     workspace = Workspace(out / "workspace")
     train_raw, test_raw = out / "data" / "phantom_train", out / "data" / "test"
@@ -308,32 +312,17 @@ def run_demo(
                         f"{'x'.join(map(str, planned.patch_size))}, batch {planned.batch_size}, "
                         f"{len(planned.features_per_stage)} stages, {planned.parameters:,} parameters")
 
-    runs = [("SDM model", 1.0, "predictions", "evaluation")]
-    if ablation:
-        runs.append(("baseline", 0.0, "predictions_baseline", "evaluation_baseline"))
-    results: dict[str, dict] = {}
-    for label, weight, pred_name, eval_name in runs:
-        what = "nnU-Net + SDM head" if weight else "plain nnU-Net (sdm_weight 0)"
-        with stages.stage(f"train {label}", f"{what}, fold all, {epochs} epochs x {iterations} iterations, "
-                                            f"{workers} augmentation worker(s)") as done:
-            model = _train(workspace, sdm_weight=weight, seed=seed, epochs=epochs, iterations=iterations,
-                           device=device, workers=workers, learning_rate=learning_rate, stages=stages)
-            done["text"] = f"model {model}"
-        with stages.stage(f"predict {label}", f"{test_cases} held-out cases, {'with' if tta else 'no'} mirroring") as done:
-            predict(input=test_images, output=out / pred_name, model=model, folds=["all"], tta=tta, device=device,
-                    progress=progress)
-            done["text"] = f"{out / pred_name}"
-        with stages.stage(f"evaluate {label}", "DSC and NSD (1 mm) per organ, FLARE21 rules") as done:
-            summary = evaluate_folder(pred=out / pred_name, gt=test_labels, out=out / eval_name, progress=progress)
-            scores = _scores(summary)
-            done["text"] = _score_line(scores)
-        results[label] = {"model": model, "scores": scores, "metrics": out / eval_name / "metrics.csv",
-                          "precision": _training_precision(model)}
+    budget = dict(epochs=epochs, iterations=iterations, device=device, workers=workers, learning_rate=learning_rate,
+                  tta=tta, progress=progress)
+    extra = [_run_models(stages, workspace, out / "seeds" / f"seed_{seed + k}", test_images, test_labels,
+                         seed=seed + k, ablation=True, **budget) for k in range(1, seeds)]
+    results = _run_models(stages, workspace, out, test_images, test_labels, seed=seed, ablation=ablation, **budget)
 
     comparison = None
     if ablation:
-        with stages.stage("compare", "SDM model vs baseline on the held-out set, paired Wilcoxon test") as done:
-            comparison = _compare(results["SDM model"]["metrics"], results["baseline"]["metrics"], out / "ablation.csv")
+        what = "paired Wilcoxon test" + (f" over cases and {seeds} seeds" if seeds > 1 else "")
+        with stages.stage("compare", f"SDM model vs baseline on the held-out set, {what}") as done:
+            comparison = _compare([results, *extra], out)
             both = comparison[comparison["organ"] == "all"].set_index("metric")
             done["text"] = ", ".join(f"mean {m.upper()} {both.loc[m, 'sdm_mean']:.3f} vs {both.loc[m, 'baseline_mean']:.3f}"
                                      for m in ("dsc", "nsd"))
@@ -352,7 +341,7 @@ def run_demo(
         "stages": {k: round(v, 1) for k, v in stages.seconds.items()},
         "config": {"train_cases": train_cases, "test_cases": test_cases, "seed": seed, "shape": list(shape),
                    "spacing": list(spacing), "fold": "all", "epochs": epochs, "iterations": iterations,
-                   "learning_rate": learning_rate, "optimizer": "AdamW, poly schedule", "mirroring": False,
+                   "learning_rate": learning_rate, "optimizer": "AdamW, poly schedule", "mirroring": False, "seeds": seeds,
                    "val_iterations": VAL_ITERATIONS, "tta": tta, "device": device, "workers": workers,
                    "cpu_precision": sdm["precision"],
                    "preset": "cpu-small", "plan_spacing": planned.spacing, "patch_size": planned.patch_size,
@@ -364,25 +353,83 @@ def run_demo(
     if comparison is not None:
         result["baseline"] = {**results["baseline"]["scores"], "model": str(results["baseline"]["model"])}
         result["ablation"] = json.loads(comparison.to_json(orient="records"))
+        if seeds > 1:
+            import pandas as pd
+
+            result["ablation_seeds"] = json.loads(pd.read_csv(out / "ablation_seeds.csv").to_json(orient="records"))
     write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
     if progress:
         stages.say(f"held-out {_score_line(sdm['scores'])}")
         if comparison is not None:
             base = results["baseline"]["scores"]
             stages.say(f"baseline {_score_line(base)} (per organ tests in {out / 'ablation.csv'})")
+            if seeds > 1:
+                stages.say(f"over {seeds} seeds: {_seed_line(out / 'ablation_seeds.csv')} (mean +- sd, {out / 'ablation_seeds.csv'})")
         stages.say(f"done in {_fmt_seconds(result['seconds'])}; summary: {out / 'summary.json'}")
         stages.say(f"report: {report / 'report.html'}")
     return result
 
 
-def _compare(sdm_metrics: Path, baseline_metrics: Path, path: Path):
-    """Per organ DSC and NSD of the two models on the same held-out cases, paired Wilcoxon test; written to ``path``."""
+def _run_models(stages: _Stages, workspace, out: Path, test_images: Path, test_labels: Path, *, seed: int,
+                ablation: bool, epochs: int, iterations: int, device: str, workers: int, learning_rate: float,
+                tta: bool, progress: bool) -> dict:
+    """Train, predict and evaluate the SDM model (and with ``ablation`` the baseline) with one training seed.
+
+    Predictions and metrics go to ``out/predictions*``, ``out/evaluation*``; the SDM model's prediction
+    also writes ``qc.csv`` (``nnsdm predict --qc``). Returns per model: folder, scores, metrics path, precision.
+    """
+    from nnsdm.evaluation import evaluate_folder
+    from nnsdm.inference import predict
+
+    runs = [("SDM model", 1.0, "predictions", "evaluation")]
+    if ablation:
+        runs.append(("baseline", 0.0, "predictions_baseline", "evaluation_baseline"))
+    tag = f", seed {seed}" if out.parent.name == "seeds" else ""
+    results: dict[str, dict] = {}
+    for label, weight, pred_name, eval_name in runs:
+        what = "nnU-Net + SDM head" if weight else "plain nnU-Net (sdm_weight 0)"
+        with stages.stage(f"train {label}{tag}", f"{what}, fold all, {epochs} epochs x {iterations} iterations, "
+                                                  f"{workers} augmentation worker(s)") as done:
+            model = _train(workspace, sdm_weight=weight, seed=seed, epochs=epochs, iterations=iterations,
+                           device=device, workers=workers, learning_rate=learning_rate, stages=stages)
+            done["text"] = f"model {model}"
+        with stages.stage(f"predict {label}{tag}", f"{len(list(test_images.iterdir()))} held-out cases, "
+                                                    f"{'with' if tta else 'no'} mirroring") as done:
+            predict(input=test_images, output=out / pred_name, model=model, folds=["all"], tta=tta, device=device,
+                    qc=weight > 0, progress=progress)
+            done["text"] = f"{out / pred_name}"
+        with stages.stage(f"evaluate {label}{tag}", "DSC and NSD (1 mm) per organ, FLARE21 rules") as done:
+            summary = evaluate_folder(pred=out / pred_name, gt=test_labels, out=out / eval_name, progress=progress)
+            scores = _scores(summary)
+            done["text"] = _score_line(scores)
+        results[label] = {"model": model, "scores": scores, "metrics": out / eval_name / "metrics.csv",
+                          "precision": _training_precision(model)}
+    return results
+
+
+def _seed_line(path: Path) -> str:
+    import pandas as pd
+
+    table = pd.read_csv(path).set_index(["organ", "metric"])
+    return ", ".join(f"{m.upper()} SDM {table.loc[('all', m), 'sdm_mean']:.3f} +- {table.loc[('all', m), 'sdm_sd']:.3f} vs "
+                     f"baseline {table.loc[('all', m), 'baseline_mean']:.3f} +- {table.loc[('all', m), 'baseline_sd']:.3f}"
+                     for m in ("dsc", "nsd"))
+
+
+def _compare(runs: list[dict], out: Path):
+    """SDM model vs baseline on the same held-out cases: ``ablation.csv`` (paired Wilcoxon test over cases and
+    seeds) and, with several seeds, ``ablation_seeds.csv`` (per organ mean +- sd over seeds). Returns the first."""
     import pandas as pd
 
     from nnsdm.fileio import atomic_path
-    from nnsdm.report.tables import ablation
+    from nnsdm.report.seeds import paired_over_seeds, seed_summary
 
-    table = ablation(pd.read_csv(sdm_metrics), pd.read_csv(baseline_metrics))
-    with atomic_path(path) as tmp:
+    sdm = [pd.read_csv(run["SDM model"]["metrics"]) for run in runs]
+    baseline = [pd.read_csv(run["baseline"]["metrics"]) for run in runs]
+    table = paired_over_seeds(sdm, baseline)
+    with atomic_path(out / "ablation.csv") as tmp:
         table.to_csv(tmp, index=False)
+    if len(runs) > 1:
+        with atomic_path(out / "ablation_seeds.csv") as tmp:
+            seed_summary(sdm, baseline).to_csv(tmp, index=False)
     return table

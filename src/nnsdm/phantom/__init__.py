@@ -96,8 +96,10 @@ def _dataset_json(out: Path, cases: int, seed: int, shape, spacing) -> dict[str,
 
 def generate_dataset(out: Path, *, cases: int, seed: int, shape: tuple[int, int, int] = (64, 160, 160),
                      spacing: tuple[float, float, float] = (2.5, 0.8, 0.8), naming: str = "nnunet",
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, degradation: str | None = None, severity: float = 1.0) -> Path:
     """Write an nnU-Net v2 raw dataset or, with naming='flare21', the FLARE21 release layout; returns ``out``.
+
+    ``degradation``/``severity``: every case degraded as :func:`generate_case` does.
 
     The folder appears complete or not at all; an existing non-empty one is only replaced with ``overwrite``.
     """
@@ -126,7 +128,7 @@ def generate_dataset(out: Path, *, cases: int, seed: int, shape: tuple[int, int,
         for i in tqdm(range(cases), desc="phantom cases", unit="case"):
             name = f"{stem}_{i:03d}"
             image, label, info = generate_case(seed=case_seed(seed, i), shape=shape, spacing=spacing,
-                                               return_info=True)
+                                               degradation=degradation, severity=severity, return_info=True)
             sitk.WriteImage(image, str(tmp / img_dir / f"{name}_0000.nii.gz"), useCompression=True)
             sitk.WriteImage(label, str(tmp / lab_dir / f"{name}.nii.gz"), useCompression=True)
             records[name] = {k: v for k, v in info.items() if k not in ("tissue", "tissue_names")}
