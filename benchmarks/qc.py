@@ -220,6 +220,7 @@ def main() -> int:
     metrics = pd.read_csv(args.out / "evaluation" / "metrics.csv")
     qc = pd.read_csv(pred / "qc.csv")
     table = metrics.merge(qc, on=["case", "organ"], how="inner")
+    table = table[table["case"].isin(info)].reset_index(drop=True)  # the folder may hold other cases
     split = parts(pred, sorted(info))
     table["qc_overlap"] = [split[c, o][0] for c, o in zip(table["case"], table["organ"])]
     table["qc_boundary"] = [split[c, o][1] for c, o in zip(table["case"], table["organ"])]
