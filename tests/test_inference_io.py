@@ -17,8 +17,9 @@ import SimpleITK as sitk
 from nnsdm.errors import NnsdmError
 from nnsdm.inference import determine_postprocessing, find_cases, flare21_memory, keep_counts, load_postprocessing
 from nnsdm.inference.efficiency import COLUMNS, CaseEfficiency, update_efficiency_csv
-from nnsdm.inference.io import orientation_code, reorient
-from nnsdm.postprocessing import FLARE21_KEEP
+from nnsdm.inference.io import reorient
+from nnsdm.orientation import orientation_code
+from nnsdm.labels import FLARE21_KEEP
 
 
 def test_flare21_memory_ignores_values_seen_in_at_most_2_percent_of_samples():
@@ -201,7 +202,7 @@ def test_case_monitor_sees_the_peak_resident_memory_of_the_case():
 
 
 def test_majority_orientation_of_headers(tmp_path):
-    from nnsdm.inference.io import majority_orientation
+    from nnsdm.orientation import majority_orientation
 
     image = sitk.GetImageFromArray(np.zeros((4, 6, 8), np.uint8))
     files = []

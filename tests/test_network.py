@@ -141,7 +141,8 @@ def test_flare21_preset_topology_and_size():
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_cpu_fast_path_keeps_outputs_gradients_and_state_dict(bf16):
-    from nnsdm.network import DeepSupervisionOutputs, use_cpu_fast_path
+    from nnsdm.device import use_cpu_fast_path
+    from nnsdm.network import DeepSupervisionOutputs
 
     torch.manual_seed(0)
     reference = _build(NETWORKS[0])
@@ -178,7 +179,7 @@ def test_cpu_fast_path_keeps_outputs_gradients_and_state_dict(bf16):
 def test_cpu_fast_path_batch_of_one_without_gradients_matches_and_uses_onednn():
     from torch.profiler import profile
 
-    from nnsdm.network import use_cpu_fast_path
+    from nnsdm.device import use_cpu_fast_path
 
     torch.manual_seed(0)
     reference = _build(NETWORKS[0], deep_supervision=False).eval()

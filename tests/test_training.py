@@ -168,7 +168,7 @@ def test_train_on_workspace_without_plans_creates_nothing(tmp_path, capsys):
 
 
 def test_unknown_device_and_missing_cuda_are_errors():
-    from nnsdm.training import resolve_device
+    from nnsdm.device import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(NnsdmError):
@@ -196,11 +196,11 @@ def test_short_budget_recipe_adamw_without_mirroring(planned_workspace, monkeypa
 
 
 def test_cpu_precision_auto_follows_the_cpu_and_the_network_gets_the_fast_path(planned_workspace, monkeypatch):
-    import nnsdm.network as network
+    import nnsdm.device as device
 
     workspace, _ = planned_workspace
     for supported, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(network, "cpu_bf16_supported", lambda supported=supported: supported)
+        monkeypatch.setattr(device, "cpu_bf16_supported", lambda supported=supported: supported)
         trainer = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu")
         assert trainer.cpu_precision_used == expected
     forced = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu", cpu_precision="fp32")

@@ -45,8 +45,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from nnsdm.errors import NnsdmError
+from nnsdm.labels import FLARE21_ORGANS
 
-ORGAN_NAMES = ("liver", "kidney", "spleen", "pancreas")  # labels 1-4 (nnsdm.evaluation.ORGANS)
 
 __all__ = ["run_demo", "DEFAULT_OUT", "DEFAULTS"]
 
@@ -196,7 +196,7 @@ def _train(workspace, *, sdm_weight: float, seed: int, epochs: int, iterations: 
 
     torch.manual_seed(seed)
     np.random.seed(seed)
-    lines = _EpochLines(stages, epochs, ORGAN_NAMES)
+    lines = _EpochLines(stages, epochs, FLARE21_ORGANS)
     with contextlib.redirect_stdout(lines if stages.enabled else io.StringIO()):
         model = train(workspace=workspace, fold="all", sdm_weight=sdm_weight, epochs=epochs,
                       iterations_per_epoch=iterations, val_iterations=VAL_ITERATIONS, save_every=epochs,
@@ -214,7 +214,7 @@ def _training_precision(model: Path) -> str | None:
 
 
 def _scores(summary) -> dict:
-    organs = list(ORGAN_NAMES)
+    organs = list(FLARE21_ORGANS)
     return {
         "dsc": {o: float(summary.loc[o, "dsc_mean"]) for o in organs},
         "nsd": {o: float(summary.loc[o, "nsd_mean"]) for o in organs},
@@ -224,7 +224,7 @@ def _scores(summary) -> dict:
 
 
 def _score_line(scores: dict) -> str:
-    per_organ = ", ".join(f"{o} {scores['dsc'][o]:.3f}/{scores['nsd'][o]:.3f}" for o in ORGAN_NAMES)
+    per_organ = ", ".join(f"{o} {scores['dsc'][o]:.3f}/{scores['nsd'][o]:.3f}" for o in FLARE21_ORGANS)
     return f"DSC/NSD {per_organ}; mean {scores['mean_dsc']:.3f}/{scores['mean_nsd']:.3f}"
 
 
@@ -267,7 +267,7 @@ def run_demo(
     _check_options(train_cases=train_cases, test_cases=test_cases, epochs=epochs, iterations=iterations)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise NnsdmError(f"--seed {seed}: must be a non-negative whole number")
-    from nnsdm.training import resolve_device
+    from nnsdm.device import resolve_device
 
     resolve_device(device)  # a clear error before any work
     if not learning_rate > 0:

@@ -39,9 +39,9 @@ import numpy as np
 from scipy import ndimage
 
 from nnsdm.errors import NnsdmError
+from nnsdm.labels import FLARE21_LABELS
 
 __all__ = [
-    "ORGANS",
     "FLARE21_TOLERANCE_MM",
     "FLARE22_TOLERANCE_MM",
     "dice",
@@ -57,7 +57,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ORGANS: dict[int, str] = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"}
 FLARE21_TOLERANCE_MM: dict[int, float] = {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}
 FLARE22_TOLERANCE_MM: dict[int, float] = {1: 5.0, 2: 3.0, 3: 3.0, 4: 5.0}
 
@@ -346,20 +345,20 @@ def parse_tolerance(text: str) -> dict[int, float]:
 
     if "=" not in text:
         v = value(text)
-        return {label: v for label in ORGANS}
-    by_name = {name: label for label, name in ORGANS.items()}
+        return {label: v for label in FLARE21_LABELS}
+    by_name = {name: label for label, name in FLARE21_LABELS.items()}
     result: dict[int, float] = {}
     for item in text.split(","):
         key, sep, val = item.partition("=")
         key = key.strip().lower()
         label = by_name.get(key, int(key) if re.fullmatch(r"\d+", key) else None)
-        if not sep or label not in ORGANS:
-            names = ", ".join(ORGANS.values())
+        if not sep or label not in FLARE21_LABELS:
+            names = ", ".join(FLARE21_LABELS.values())
             raise NnsdmError(f"--tolerance: {item.strip()!r} is not ORGAN=MM with ORGAN one of {names}")
         if label in result:
-            raise NnsdmError(f"--tolerance: {ORGANS[label]} given twice")
+            raise NnsdmError(f"--tolerance: {FLARE21_LABELS[label]} given twice")
         result[label] = value(val)
-    missing = [ORGANS[label] for label in ORGANS if label not in result]
+    missing = [FLARE21_LABELS[label] for label in FLARE21_LABELS if label not in result]
     if missing:
         raise NnsdmError(f"--tolerance: no value for {', '.join(missing)}")
     return dict(sorted(result.items()))
@@ -449,7 +448,7 @@ def _resolve_tolerance(tolerance_mm: Mapping[int, float] | float, labels: Mappin
 
 
 def evaluate_case(pred_path: Path | None, gt_path: Path, *, tolerance_mm: Mapping[int, float] | float = 1.0,
-                  hd95: bool = False, labels: Mapping[int, str] = ORGANS) -> list[dict]:
+                  hd95: bool = False, labels: Mapping[int, str] = FLARE21_LABELS) -> list[dict]:
     """Score one prediction against its ground truth: one row per label (case, label, organ, dsc, nsd[, hd95]).
 
     ``pred_path`` None scores an empty prediction. Spacing comes from the ground truth header; a
@@ -521,7 +520,7 @@ def _stats(frame, columns) -> dict:
 
 
 def evaluate_folder(*, pred: Path, gt: Path, out: Path, tolerance_mm: Mapping[int, float] | float = 1.0,
-                    hd95: bool = False, labels: Mapping[int, str] = ORGANS, progress: bool = True,
+                    hd95: bool = False, labels: Mapping[int, str] = FLARE21_LABELS, progress: bool = True,
                     workers: int = 1) -> "pandas.DataFrame":  # noqa: F821
     """Score every ground-truth case; write out/metrics.csv (case,label,organ,dsc,nsd[,hd95]) and out/summary.csv
     (per organ mean and std of each metric, plus an 'all' row); return the summary frame.

@@ -28,7 +28,9 @@ from torch import nn
 
 from nnsdm.checkpoints import read_checkpoint
 from nnsdm.errors import NnsdmError
-from nnsdm.network import DeepSupervisionOutputs, build_network, resolve_cpu_precision, use_cpu_fast_path
+from nnsdm.device import resolve_cpu_precision, resolve_device, use_cpu_fast_path
+from nnsdm.network import DeepSupervisionOutputs, build_network
+from nnsdm.orientation import majority_orientation
 from nnsdm.planning import CONFIGURATION, PLANS_IDENTIFIER
 from nnsdm.sdm import signed_distance_map
 from nnsdm.workspace import Workspace
@@ -201,8 +203,6 @@ def trainer_class(sdm_weight: float):
         def on_train_start(self):
             super().on_train_start()
             if self.local_rank == 0:
-                from nnsdm.inference.io import majority_orientation
-
                 gt = sorted((Path(self.preprocessed_dataset_folder_base) / "gt_segmentations").glob("*"))
                 write_metadata(Path(self.output_folder_base), sdm_weight=self.sdm_weight,
                                classes=[int(c) for c in self.label_manager.foreground_labels],
@@ -307,17 +307,6 @@ def plot_sdm_progress(log: dict, path: Path) -> None:
         plt.close(fig)
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NnsdmError("--device cuda: no CUDA device is available to this torch build")
-    if device not in ("cpu", "cuda"):
-        raise NnsdmError(f"--device {device}: choose auto, cpu or cuda")
-    return torch.device(device)
-
-
 def parse_fold(fold) -> int | str:
     if str(fold) == "all":
         return "all"
@@ -349,7 +338,7 @@ def build_trainer(
     variants, same poly schedule) and ``mirroring=False`` (as ``nnUNetTrainerNoMirroring``) are the
     short-budget recipe of ``nnsdm demo``. ``cpu_precision`` (CPU only): ``bf16`` trains under bfloat16
     autocast, ``fp32`` in full precision, ``auto`` picks bf16 where the CPU computes it natively; both use
-    the channels-last layout (see :func:`nnsdm.network.use_cpu_fast_path`). On CUDA nnU-Net's own fp16
+    the channels-last layout (see :func:`nnsdm.device.use_cpu_fast_path`). On CUDA nnU-Net's own fp16
     autocast applies.
     """
     name = workspace.dataset_name(dataset)  # before activate(): a wrong path must not create a workspace

@@ -11,7 +11,6 @@ model as ``postprocessing_nnsdm.json``; ``nnsdm predict --postprocess cv`` reads
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +18,10 @@ import numpy as np
 from nnsdm.errors import NnsdmError
 from nnsdm.evaluation import dice
 from nnsdm.fileio import as_array, read_image, write_text
+from nnsdm.labels import keep_counts
 
 POSTPROCESSING_FILE = "postprocessing_nnsdm.json"
 CV_COMMAND = "nnsdm determine-postprocessing --model MODEL"
-PAIRED_ORGANS = ("kidney", "kidneys")
-
-
-def keep_counts(labels: Mapping[str, object]) -> dict[int, int]:
-    """Components kept per label by the largest-component rule: 2 for a label named kidney(s), else 1.
-
-    ``labels`` is dataset.json's ``labels`` (name -> value); for the FLARE21 labels this is
-    :data:`nnsdm.postprocessing.FLARE21_KEEP`.
-    """
-    keep = {}
-    for name, value in labels.items():
-        if isinstance(value, (list, tuple)):
-            raise NnsdmError(f"label {name!r}: region-based labels are not supported by connected-component post-processing")
-        if int(value) > 0:
-            keep[int(value)] = 2 if str(name).strip().lower() in PAIRED_ORGANS else 1
-    return keep
 
 
 def _workspace_ground_truth(folder: Path) -> Path:

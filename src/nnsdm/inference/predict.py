@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
+from nnsdm.device import resolve_cpu_precision, resolve_device, use_cpu_fast_path
 from nnsdm.errors import NnsdmError
 from nnsdm.fileio import atomic_path, write_image
-from nnsdm.inference.cv_postprocessing import keep_counts, load_postprocessing
+from nnsdm.inference.cv_postprocessing import load_postprocessing
 from nnsdm.inference.efficiency import EFFICIENCY_FILE, CaseMonitor, update_efficiency_csv
 from nnsdm.inference.io import (
     Case,
@@ -40,11 +41,12 @@ from nnsdm.inference.io import (
     check_case,
     find_cases,
     label_image,
-    majority_orientation,
     nnunet_properties,
     read_case,
     reorient,
 )
+from nnsdm.labels import keep_counts
+from nnsdm.orientation import majority_orientation
 
 POSTPROCESS_CHOICES = ("none", "largest", "cv")
 SDM_SUFFIX = "_sdm"
@@ -226,7 +228,7 @@ def make_predictor(model: LoadedModel, *, device: torch.device, tta: bool, step_
                    cpu_precision: str = "fp32"):
     """nnU-Net's predictor for ``model`` (Gaussian sliding window, optional mirroring, all chosen folds).
 
-    On a CPU the network gets :func:`nnsdm.network.use_cpu_fast_path` (``cpu_precision`` ``bf16`` or
+    On a CPU the network gets :func:`nnsdm.device.use_cpu_fast_path` (``cpu_precision`` ``bf16`` or
     ``fp32``); on CUDA nnU-Net's own fp16 autocast applies.
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -237,8 +239,6 @@ def make_predictor(model: LoadedModel, *, device: torch.device, tta: bool, step_
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     network = model.network(with_sdm=with_sdm)
     if device.type == "cpu":
-        from nnsdm.network import use_cpu_fast_path
-
         use_cpu_fast_path(network, bf16=cpu_precision == "bf16")
     predictor.manual_initialization(network, model.plans_manager, model.configuration_manager,
                                     model.parameters, model.dataset_json, model.trainer_name, model.mirror_axes)
@@ -380,14 +380,10 @@ def predict(
     """
     from tqdm import tqdm
 
-    from nnsdm.training import resolve_device
-
     if not 0 < float(step_size) <= 1:
         raise NnsdmError(f"--step-size {step_size}: must be in (0, 1]")
     if postprocess not in POSTPROCESS_CHOICES:
         raise NnsdmError(f"--postprocess {postprocess}: choose none, largest or cv")
-    from nnsdm.network import resolve_cpu_precision
-
     cpu_precision = resolve_cpu_precision(cpu_precision)
     torch_device = resolve_device(device)
     output = Path(output)

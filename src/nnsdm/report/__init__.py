@@ -28,7 +28,7 @@ import pandas as pd
 
 from nnsdm import __version__
 from nnsdm.errors import NnsdmError
-from nnsdm.evaluation import ORGANS
+from nnsdm.labels import FLARE21_LABELS
 from nnsdm.fileio import atomic_dir
 from nnsdm.report import figures
 from nnsdm.report.render import Figure, Heading, Paragraph, Table, to_html, to_markdown
@@ -70,10 +70,10 @@ def _safe(name: str) -> str:
 def _tolerance_text(tolerance_mm: Mapping[int, float] | float) -> str:
     if not isinstance(tolerance_mm, Mapping):
         return f"{float(tolerance_mm):g} mm"
-    values = {float(tolerance_mm[label]) for label in ORGANS}
+    values = {float(tolerance_mm[label]) for label in FLARE21_LABELS}
     if len(values) == 1:
         return f"{values.pop():g} mm"
-    return ", ".join(f"{ORGANS[label]} {float(tolerance_mm[label]):g} mm" for label in ORGANS)
+    return ", ".join(f"{FLARE21_LABELS[label]} {float(tolerance_mm[label]):g} mm" for label in FLARE21_LABELS)
 
 
 def _check_out(out: Path, inputs: list[Path]) -> None:
@@ -120,7 +120,7 @@ def _organ_names(model: Model) -> list[str]:
         labels = json.loads((model.folder / "dataset.json").read_text(encoding="utf-8"))["labels"]
         return [name for name, value in sorted(labels.items(), key=lambda kv: int(kv[1])) if int(value) != 0]
     except (OSError, ValueError, KeyError, TypeError):
-        return list(ORGANS.values())
+        return list(FLARE21_LABELS.values())
 
 
 def _load_log(fold_dir: Path) -> tuple[dict | None, str]:

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from nnsdm.errors import NnsdmError
-from nnsdm.evaluation import IMAGE_SUFFIXES, ORGANS, evaluate_case, summarize
+from nnsdm.evaluation import IMAGE_SUFFIXES, evaluate_case, summarize
+from nnsdm.labels import FLARE21_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def external_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def display_table(table: pd.DataFrame, first: Mapping[str, str]) -> pd.DataFrame:
     """A table of strings for the report: the ``first`` columns (renamed), cases, then 'mean ± std' per organ."""
-    organs = [o for o in [*ORGANS.values(), "all"] if f"{o}_dsc_mean" in table.columns]
+    organs = [o for o in [*FLARE21_LABELS.values(), "all"] if f"{o}_dsc_mean" in table.columns]
     out = pd.DataFrame({title: table[col].astype(str) for col, title in first.items()})
     out["Cases"] = table["cases"].astype(str)
     for organ in organs:
