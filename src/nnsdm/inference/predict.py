@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from nnsdm.inference.io import (
     reorient,
 )
 from nnsdm.labels import keep_counts
+from nnsdm.model_folder import ModelFolder
 from nnsdm.orientation import majority_orientation
 
 POSTPROCESS_CHOICES = ("none", "largest", "cv")
@@ -83,29 +83,11 @@ class LoadedModel:
         return SegAndSDM(net) if with_sdm else net
 
 
-def _read_json(path: Path, folder: Path) -> dict:
-    if not path.is_file():
-        raise NnsdmError(f"{folder}: not an nnsdm model folder ({path.name} missing)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise NnsdmError(f"{path}: unreadable JSON ({exc})") from None
-
-
-def available_folds(folder: Path) -> list:
-    """Folds with a final checkpoint: the numbered folds as nnU-Net picks them, else ``'all'``."""
-    numbered = sorted(int(p.name[5:]) for p in Path(folder).glob("fold_*")
-                      if p.name[5:].isdigit() and (p / FINAL_CHECKPOINT).is_file())
-    if numbered:
-        return numbered
-    return ["all"] if (Path(folder) / "fold_all" / FINAL_CHECKPOINT).is_file() else []
-
-
-def _parse_folds(folds: Sequence[int | str] | None, folder: Path) -> list:
+def _parse_folds(folds: Sequence[int | str] | None, folder: ModelFolder) -> list:
     if folds is None or len(folds) == 0:
-        found = available_folds(folder)
+        found = folder.ensemble_folds()
         if not found:
-            raise NnsdmError(f"{folder}: no trained fold (no fold_K/{FINAL_CHECKPOINT}; training not finished?)")
+            raise NnsdmError(f"{folder.path}: no trained fold (no fold_K/{FINAL_CHECKPOINT}; training not finished?)")
         return found
     parsed = []
     for fold in folds:
@@ -123,18 +105,14 @@ def training_orientation(folder: Path, metadata: dict | None = None) -> str | No
     """The orientation code of the model's training images, or ``None`` when unknown.
 
     From ``nnsdm.json`` (``"orientation"``) when recorded there, else the most common orientation of
-    the ground-truth headers in the model's workspace (``nnUNet_preprocessed/<dataset>/gt_segmentations``).
-    ``None`` means: no reorientation (nnU-Net's own behaviour).
+    the model's training ground truth (:meth:`ModelFolder.ground_truth`). ``None`` means: no
+    reorientation (nnU-Net's own behaviour).
     """
-    folder = Path(folder).resolve()
     if metadata and metadata.get("orientation"):
         return str(metadata["orientation"])
     try:
-        dataset = json.loads((folder / "plans.json").read_text(encoding="utf-8"))["dataset_name"]
-    except (OSError, ValueError, KeyError):
-        return None
-    gt = folder.parents[2] / "nnUNet_preprocessed" / dataset / "gt_segmentations" if len(folder.parents) > 2 else None
-    if gt is None or not gt.is_dir():
+        gt = ModelFolder(folder).ground_truth()
+    except NnsdmError:
         return None
     return majority_orientation(sorted(p for p in gt.iterdir() if p.is_file()))
 
@@ -146,12 +124,9 @@ def load_model(model: Path, *, folds: Sequence[int | str] | None = None) -> Load
 
     from nnsdm.network import SDM_HEAD_PREFIX
 
-    folder = Path(model)
-    if not folder.is_dir():
-        raise NnsdmError(f"{folder}: model folder not found")
-    plans = _read_json(folder / "plans.json", folder)
-    dataset_json = _read_json(folder / "dataset.json", folder)
-    metadata = _read_json(folder / "nnsdm.json", folder) if (folder / "nnsdm.json").is_file() else {}
+    model_folder = ModelFolder(model).require()
+    folder = model_folder.path
+    plans, dataset_json, metadata = model_folder.plans(), model_folder.dataset_json(), model_folder.metadata()
     configuration = metadata.get("configuration", "3d_fullres")
     try:
         plans_manager = PlansManager(plans)
@@ -163,8 +138,8 @@ def load_model(model: Path, *, folds: Sequence[int | str] | None = None) -> Load
     if num_inputs != 1:
         raise NnsdmError(f"{folder}: model expects {num_inputs} input channels; nnsdm predict reads one CT image per case")
 
-    chosen = _parse_folds(folds, folder)
-    checkpoints = [folder / f"fold_{f}" / FINAL_CHECKPOINT for f in chosen]
+    chosen = _parse_folds(folds, model_folder)
+    checkpoints = [model_folder.fold_folder(f) / FINAL_CHECKPOINT for f in chosen]
     loaded = [read_checkpoint(p) for p in checkpoints]
     parameters = [c["network_weights"] for c in loaded]
     sdm_weights = [w for k, w in parameters[0].items() if k.startswith(SDM_HEAD_PREFIX) and k.endswith(".weight")]
