@@ -13,7 +13,9 @@ from nnsdm.errors import NnsdmError
 from nnsdm.network import SDMUNet
 from nnsdm.sdm import signed_distance_map
 from nnsdm.checkpoints import read_checkpoint
-from nnsdm.training import SDMTargetTransform, SegAndSDMLoss, build_trainer, find_resume_checkpoint, train
+from nnsdm.model_folder import ModelFolder
+from nnsdm.trainer import SDMTargetTransform, SegAndSDMLoss
+from nnsdm.training import build_trainer, train
 from nnsdm.workspace import Workspace
 
 
@@ -96,7 +98,7 @@ def test_continue_after_interruption_resumes_epoch_optimizer_and_learning_rate(p
     monkeypatch.setattr(SegAndSDMLoss, "forward", original)
 
     model = workspace.results / workspace.dataset_name() / "nnsdmTrainer__nnUNetPlans__3d_fullres"
-    latest = find_resume_checkpoint(model / "fold_1")
+    latest = ModelFolder(model).resume_checkpoint(1)
     assert latest.name == "checkpoint_latest.pth"
     saved = read_checkpoint(latest, for_training=True)
     assert saved["current_epoch"] == 2
@@ -165,17 +167,6 @@ def test_train_on_workspace_without_plans_creates_nothing(tmp_path, capsys):
     code = main(["train", "--workspace", str(tmp_path / "empty")])
     assert code == 1 and "no planned dataset" in capsys.readouterr().err
     assert not (tmp_path / "empty").exists()
-
-
-def test_unknown_device_and_missing_cuda_are_errors():
-    from nnsdm.device import resolve_device
-
-    assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(NnsdmError):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(NnsdmError, match="no CUDA device"):
-            resolve_device("cuda")
 
 
 def test_short_budget_recipe_adamw_without_mirroring(planned_workspace, monkeypatch):
