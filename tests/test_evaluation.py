@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from nnsdm import evaluation
+from nnsdm.evaluation import metrics
 from nnsdm.errors import NnsdmError
 from nnsdm.evaluation import (
     FLARE22_TOLERANCE_MM,
@@ -147,7 +147,7 @@ def test_area_table_matches_deepmind():
 @pytest.mark.parametrize("force_edt", [False, True], ids=["ball", "edt"])
 def test_nsd_matches_brute_force_including_ties(force_edt, monkeypatch):
     if force_edt:  # every tolerance through the edt path with exact re-decision near the tolerance
-        monkeypatch.setattr(evaluation, "_MAX_BALL_OFFSETS", 0)
+        monkeypatch.setattr(metrics, "_MAX_BALL_OFFSETS", 0)
     rng = np.random.default_rng(0)
     ties = 0
     for spacing in SPACINGS:
@@ -175,7 +175,7 @@ def test_hd95_matches_brute_force():
 def test_nsd_and_hd95_match_deepmind_with_anisotropic_spacing(force_edt, monkeypatch):
     surface_distance = pytest.importorskip("surface_distance")
     if force_edt:
-        monkeypatch.setattr(evaluation, "_MAX_BALL_OFFSETS", 0)
+        monkeypatch.setattr(metrics, "_MAX_BALL_OFFSETS", 0)
     rng = np.random.default_rng(2)
     # 0.8 mm is not exact in binary: distances of 0.8, 1.6, 2.4 and 2.5 mm round differently in float32
     for spacing in [(2.5, 0.8, 0.8), (0.7, 1.3, 0.9), (1.0, 1.0, 1.0), (0.8, 0.8, 0.8)]:
