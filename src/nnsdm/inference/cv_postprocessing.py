@@ -22,7 +22,7 @@ from nnsdm.labels import keep_counts
 from nnsdm.model_folder import ModelFolder
 
 POSTPROCESSING_FILE = "postprocessing_nnsdm.json"
-CV_COMMAND = "nnsdm determine-postprocessing --model MODEL"
+CV_COMMAND = "nnsdm postprocessing --model MODEL"
 
 
 def determine_postprocessing(model_folder: Path, *, progress: bool = True) -> dict:
