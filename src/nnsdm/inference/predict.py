@@ -4,7 +4,7 @@ nnU-Net does the work: its preprocessing (``preprocessor.run_case_npy``), its pr
 window with Gaussian weighting, mirroring test-time augmentation, fold ensemble) and its export
 (``convert_predicted_logits_to_segmentation_with_correct_shape``: resampling back, uncropping,
 untransposing). nnsdm builds the network itself (:func:`nnsdm.network.build_network`, never nnU-Net's
-trainer lookup by class name, which crashes with CPU torch) and hands it to
+trainer lookup by class name: see :mod:`nnsdm.trainer` for why) and hands it to
 ``nnUNetPredictor.manual_initialization``.
 
 Signed distance maps (``save_sdm``) travel through the same sliding window in the same pass: the
