@@ -7,7 +7,7 @@ stops the run before hours of work rather than after.
 
 Orientation: nnU-Net does not reorient images; it assumes the test images are stored like the
 training images. nnsdm reorients each input to the model's training orientation (a DICOM orientation
-code such as ``LPS``, see :mod:`nnsdm.orientation`) with a pure axis
+code such as ``LPS``, see :func:`nnsdm.inference.predict.training_orientation`) with a pure axis
 permutation and flip, predicts, and maps the result back, so an image stored in another axis order
 (a DICOM series versus a NIfTI export, say) gets the same anatomy and the output keeps the input's grid.
 """
