@@ -22,6 +22,7 @@ import pandas as pd
 from nnsdm import __version__
 from nnsdm.errors import NnsdmError
 from nnsdm.evaluation import find_file
+from nnsdm.inference.efficiency import EFFICIENCY_FILE
 from nnsdm.labels import FLARE21_LABELS
 from nnsdm.report import figures
 from nnsdm.report.render import Block, Figure, Heading, Paragraph, Table, to_html, to_markdown
@@ -39,7 +40,6 @@ from nnsdm.report.tables import (
     external_table,
 )
 
-EFFICIENCY_FILE = "efficiency.csv"  # written by nnsdm predict
 _EFFICIENCY_NAMES = {
     "seconds": "Time per case (s)",
     "peak_rss_mib": "Peak resident memory (MiB)",
