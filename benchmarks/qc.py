@@ -92,8 +92,9 @@ def parts(pred: Path, cases: list[str]) -> dict:
     """The two parts of the SDM score per (case, organ), from the label maps and CASE_sdm.nii.gz."""
     import SimpleITK as sitk
 
-    from nnsdm.evaluation import ORGANS, dice, normalized_surface_dice
+    from nnsdm.evaluation import dice, normalized_surface_dice
     from nnsdm.inference.qc import TOLERANCE_MM
+    from nnsdm.labels import FLARE21_LABELS
 
     out = {}
     for case in cases:
@@ -101,7 +102,7 @@ def parts(pred: Path, cases: list[str]) -> dict:
         seg = sitk.GetArrayFromImage(image)
         sdm = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f"{case}_sdm.nii.gz")))
         spacing = tuple(reversed(image.GetSpacing()))
-        for channel, (label, organ) in enumerate(sorted(ORGANS.items())):
+        for channel, (label, organ) in enumerate(sorted(FLARE21_LABELS.items())):
             mask, head = seg == label, sdm[channel] < 0
             out[case, organ] = (dice(head, mask), normalized_surface_dice(head, mask, spacing, TOLERANCE_MM))
     return out

@@ -9,7 +9,8 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnsdm.inference.qc import case_qc, update_qc_csv
-from nnsdm.report.qc import find_preview, qc_blocks, worst_first
+from nnsdm.report.builder import ReportBuilder
+from nnsdm.report.qc import add_quality_control, find_preview, worst_first
 from nnsdm.report.render import Figure, Table
 from nnsdm.report.tables import Job
 
@@ -45,17 +46,20 @@ def test_qc_section_lists_worst_first_and_draws_the_worst_cases(tmp_path):
         update_qc_csv(tmp_path / "pred" / "qc.csv", rows)
         lookup[(name,)] = job
     metrics = pd.DataFrame([{"case": c, "organ": o, "dsc": 0.9, "nsd": 0.8} for c in ("good", "bad", "fair") for o in ORGANS.values()])
-    blocks, tasks = qc_blocks(tmp_path / "pred", metrics=metrics, lookup=lookup, images=tmp_path / "images",
-                              figure_dir=tmp_path / "figures", ct=True)
-    table = next(b for b in blocks if isinstance(b, Table)).frame
+    report = ReportBuilder(folder=tmp_path / "report", title="t", tolerance_text="1 mm", ct=True)
+    report.folder.mkdir()
+    add_quality_control(report, tmp_path / "pred", metrics=metrics, lookup=lookup, images=tmp_path / "images")
+    table = next(b for b in report.blocks if isinstance(b, Table)).frame
     assert list(table["Case"][:2]) == ["bad", "fair"] and list(table["Organ"][:2]) == ["pancreas", "pancreas"]
     assert table["Flagged"].iloc[0] == "yes" and "True DSC" in table.columns
-    for _, make in tasks:
-        make()
-    figure = next(b for b in blocks if isinstance(b, Figure))
-    assert (tmp_path / figure.path).is_file()
+    report.finish(progress=False)
+    figure = next(b for b in report.blocks if isinstance(b, Figure))
+    assert (report.folder / figure.path).is_file() and (report.folder / "external_qc.csv").is_file()
+    assert "Quality control" in (report.folder / "report.md").read_text()
     # without qc.csv the section is absent
-    assert qc_blocks(tmp_path / "gt", metrics=None, lookup={}, images=None, figure_dir=tmp_path, ct=True) == ([], [])
+    empty = ReportBuilder(folder=tmp_path, title="t", tolerance_text="1 mm")
+    add_quality_control(empty, tmp_path / "gt", metrics=None, lookup={}, images=None)
+    assert empty.blocks == []
 
 
 def test_previews_are_used_when_every_shown_case_has_one(tmp_path):

@@ -9,16 +9,17 @@ prediction folder has one, else the report's image / ground truth / prediction o
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
+from nnsdm.evaluation import find_file
 from nnsdm.inference.qc import QC_FILE, QC_THRESHOLD
 from nnsdm.report import figures
-from nnsdm.report.render import Figure, Heading, Paragraph, Table
+from nnsdm.report.render import Heading, Paragraph, Table
 
-__all__ = ["qc_blocks", "worst_first", "find_preview"]
+__all__ = ["add_quality_control", "worst_first", "find_preview"]
 
 ROWS = 12  # organs listed
 CASES = 3  # cases shown
@@ -54,52 +55,39 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def qc_blocks(pred: Path, *, metrics: pd.DataFrame | None, lookup: dict, images: Path | None, figure_dir: Path,
-              ct: bool) -> tuple[list, list[tuple[Path, Callable]]]:
-    """Blocks and figure tasks of the section; nothing when ``pred`` has no ``qc.csv``.
-
-    ``lookup``: (case,) -> the external set's job (ground truth and prediction paths), for the overlay;
-    ``figure_dir``: the report's ``figures`` folder (previews are copied there).
-    """
+def add_quality_control(report, pred: Path, *, metrics: pd.DataFrame | None, lookup: Mapping[tuple, object],
+                        images: Path | None) -> None:
+    """The section, appended to ``report`` (a :class:`nnsdm.report.builder.ReportBuilder`); nothing when ``pred``
+    has no ``qc.csv``. ``lookup``: (case,) -> the external set's job (ground truth and prediction paths)."""
     path = Path(pred) / QC_FILE
     if not path.is_file():
-        return [], []
+        return
     table = worst_first(pd.read_csv(path), metrics)
-    flagged = int(table["flagged"].sum())
-    blocks: list = [Heading("Quality control", 3), Paragraph(
+    report.csv(table, "external_qc.csv")
+    report.add(Heading("Quality control", 3), Paragraph(
         f"From `{path}` (`nnsdm predict --qc`): per case and organ, *QC (SDM)* is the agreement of the SDM head's "
         "zero level set with the segmentation (√(Dice × NSD at 2 mm) of `sdm < 0` and the label; 1 = the two "
         "opinions agree) and *QC baseline* one minus the softmax's mean normalised entropy around the organ. "
-        f"Organs below {QC_THRESHOLD:.2f} are flagged: {flagged} of {len(table)} here. Lowest scores first.")]
-    blocks.append(Table(_display(table.head(ROWS)), "Least trusted organs"))
+        f"Organs below {QC_THRESHOLD:.2f} are flagged: {int(table['flagged'].sum())} of {len(table)} here. "
+        "Lowest scores first."), Table(_display(table.head(ROWS)), "Least trusted organs"))
     cases = list(dict.fromkeys(table["case"]))[:CASES]
-    tasks: list = []
-    previews = [(case, find_preview(pred, case)) for case in cases]
-    if all(p is not None for _, p in previews):
-        for case, preview in previews:
-            name = Path("figures") / f"qc_preview_{case}.png"
-            tasks.append((name, lambda s=preview, d=figure_dir / f"qc_preview_{case}.png": shutil.copyfile(s, d)))
-            blocks.append(Figure(name, f"Preview of {case} (lowest QC {table[table['case'] == case]['qc'].min():.3f})."))
-        return blocks, tasks
+    previews = {case: find_preview(Path(pred), case) for case in cases}
+    if cases and all(previews.values()):
+        for case in cases:
+            report.figure(f"qc_preview_{case}", f"Preview of {case} (lowest QC {table[table['case'] == case]['qc'].min():.3f}).",
+                          lambda out, source=previews[case]: shutil.copyfile(source, out))
+        return
     examples = []
     for case in cases:
         job = lookup.get((case,))
-        if job is None:
-            continue
-        rows = table[table["case"] == case]
-        mean_dsc = float(rows["dsc"].mean()) if "dsc" in rows.columns else float("nan")
-        examples.append(figures.Example(f"QC {rows['qc'].iloc[0]:.2f} ({rows['organ'].iloc[0]})", case, mean_dsc,
-                                        job.gt, job.pred, figures_image(images, case)))
+        if job is not None:
+            rows = table[table["case"] == case]
+            mean_dsc = float(rows["dsc"].mean()) if "dsc" in rows.columns else float("nan")
+            image = find_file(Path(images), f"{case}_0000") if images is not None else None
+            examples.append(figures.Example(f"QC {rows['qc'].iloc[0]:.2f} ({rows['organ'].iloc[0]})", case, mean_dsc,
+                                            job.gt, job.pred, image))
     if examples:
-        name = Path("figures") / "qc_worst.png"
-        tasks.append((name, lambda e=examples: figures.qualitative_figure(e, figure_dir / "qc_worst.png",
-                                                                         title="Lowest QC scores", ct=ct)))
-        blocks.append(Figure(name, "The cases with the lowest QC scores (their least trusted organ named; true mean DSC "
-                                   "over organs): image, ground truth and prediction on the axial slice with most organ."))
-    return blocks, tasks
-
-
-def figures_image(images: Path | None, case: str) -> Path | None:
-    from nnsdm.report.tables import find_file
-
-    return find_file(Path(images), f"{case}_0000") if images is not None else None
+        report.figure("qc_worst", "The cases with the lowest QC scores (their least trusted organ named; true mean DSC "
+                                  "over organs): image, ground truth and prediction on the axial slice with most organ.",
+                      lambda out: figures.qualitative_figure(examples, out, title="Lowest QC scores",
+                                                             ct=report.ct if images is not None else False))
