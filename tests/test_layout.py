@@ -53,3 +53,17 @@ def test_checkpoints_are_read_in_one_place_and_the_metadata_file_is_named_once()
                 names.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not loads, f"torch.load outside nnsdm.checkpoints.read_checkpoint: {loads}"
     assert not names, f'"nnsdm.json" outside nnsdm.model_folder.METADATA_FILE: {names}'
+
+
+def test_benchmarks_import_what_nnsdm_has():
+    """The benchmarks are not run by the tests; their imports of nnsdm are checked here."""
+    import importlib
+
+    missing = []
+    for path in sorted((SRC.parents[1] / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "nnsdm":
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name)]
+    assert not missing, missing
