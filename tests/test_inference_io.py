@@ -111,7 +111,7 @@ def _fake_cv_model(root: Path) -> Path:
 
 def test_determine_postprocessing_keeps_the_rule_only_where_cv_dice_improves(tmp_path):
     model = _fake_cv_model(tmp_path)
-    with pytest.raises(NnsdmError, match="determine-postprocessing"):
+    with pytest.raises(NnsdmError, match="nnsdm postprocessing --model"):
         load_postprocessing(model)
     result = determine_postprocessing(model, progress=False)
     assert result["cases"] == 3 and result["folds"] == [0, 1]

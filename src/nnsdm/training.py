@@ -254,6 +254,33 @@ def trainer_class(sdm_weight: float):
             super().on_epoch_end()
 
         # --- checkpoints ---------------------------------------------------------------------------
+        def load_checkpoint(self, filename_or_checkpoint) -> None:
+            """nnU-Net's resume, from a checkpoint read by :func:`read_checkpoint` (never an unsafe unpickling).
+
+            nnU-Net 2.8.1 reads the file itself with ``weights_only=False`` and fails on a dict, so its
+            body is repeated here on the dict.
+            """
+            checkpoint = filename_or_checkpoint
+            if not isinstance(checkpoint, dict):
+                checkpoint = read_checkpoint(Path(checkpoint), device=self.device, for_training=True)
+            if not self.was_initialized:
+                self.initialize()
+            network = self.network.module if self.is_ddp else self.network
+            network = getattr(network, "_orig_mod", network)  # torch.compile's wrapper
+            own = network.state_dict().keys()
+            weights = {k[7:] if k not in own and k.startswith("module.") else k: v
+                       for k, v in checkpoint["network_weights"].items()}
+            self.my_init_kwargs = checkpoint["init_args"]
+            self.current_epoch = checkpoint["current_epoch"]
+            self.logger.load_checkpoint(checkpoint["logging"])
+            self._best_ema = checkpoint["_best_ema"]
+            self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                                   self.inference_allowed_mirroring_axes)
+            network.load_state_dict(weights)
+            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+            if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+                self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
         def save_checkpoint(self, filename: str) -> None:
             """nnU-Net's checkpoint, written to a temporary name and renamed: an interrupted save keeps the old one."""
             tmp = f"{filename}.tmp"
@@ -436,8 +463,7 @@ def _run(trainer, *, resume: bool, validate: bool, validation_tta: bool = True) 
         checkpoint = find_resume_checkpoint(Path(trainer.output_folder))
         if checkpoint is None:
             raise NnsdmError(f"{trainer.output_folder}: no checkpoint to continue from")
-        read_checkpoint(checkpoint, device=trainer.device, for_training=True)  # a clear error for a corrupt file
-        trainer.load_checkpoint(str(checkpoint))  # nnU-Net 2.8.1 only accepts a file name here
+        trainer.load_checkpoint(read_checkpoint(checkpoint, device=trainer.device, for_training=True))
         if trainer.current_epoch > trainer.num_epochs:
             raise NnsdmError(f"{checkpoint}: already trained {trainer.current_epoch} epochs, more than --epochs {trainer.num_epochs}")
     if torch.cuda.is_available() and trainer.device.type == "cuda":

@@ -21,7 +21,7 @@ from nnsdm.evaluation import dice
 from nnsdm.fileio import as_array, read_image, write_text
 
 POSTPROCESSING_FILE = "postprocessing_nnsdm.json"
-CV_COMMAND = "nnsdm determine-postprocessing --model MODEL"
+CV_COMMAND = "nnsdm postprocessing --model MODEL"
 PAIRED_ORGANS = ("kidney", "kidneys")
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
 from nnsdm.errors import NnsdmError
+from nnsdm.model_json import check_model_json
 from nnsdm.fileio import atomic_path, write_image
 from nnsdm.inference.cv_postprocessing import keep_counts, load_postprocessing
 from nnsdm.inference.efficiency import EFFICIENCY_FILE, CaseMonitor, update_efficiency_csv
@@ -85,9 +86,10 @@ def _read_json(path: Path, folder: Path) -> dict:
     if not path.is_file():
         raise NnsdmError(f"{folder}: not an nnsdm model folder ({path.name} missing)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise NnsdmError(f"{path}: unreadable JSON ({exc})") from None
+    return check_model_json(data, path)
 
 
 def available_folds(folder: Path) -> list:
