@@ -18,6 +18,21 @@ import numpy as np
 from nnsdm.errors import NnsdmError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _name_final(exc: OSError, tmp: Path, final: Path) -> None:
+    """Make an operating-system error name the final path the user asked for, not the hidden temporary one."""
+    name = "" if exc.filename is None else str(exc.filename)
+    if not name:
+        exc.filename = str(final)
+    elif name == str(tmp) or name.startswith(f"{tmp}{os.sep}"):
+        exc.filename = str(final) + name[len(str(tmp)):]
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary file path beside ``final``; rename it to ``final`` if the block succeeds.
@@ -29,12 +44,21 @@ def atomic_path(final: str | os.PathLike, *, suffix: str | None = None) -> Itera
     final.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(final.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    except OSError as exc:  # it names a random temporary name: name the folder instead
+        exc.filename = str(final.parent)
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared outputs from the user's group
         os.replace(tmp, final)
+    except OSError as exc:
+        _name_final(exc, tmp, final)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -50,12 +74,20 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise NnsdmError(f"{final}: output folder exists and is not empty (choose another or remove it)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:  # it names a random temporary name: name the folder instead
+        exc.filename = str(final.parent)
+        raise
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide shared outputs from the user's group
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as exc:
+        _name_final(exc, tmp, final)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -72,7 +104,12 @@ def write_image(image, path: str | os.PathLike, *, compress: bool = True) -> Non
     import SimpleITK as sitk
 
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as exc:  # ITK reports a full disk or a failed write as a multi-line RuntimeError
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in reversed(lines) if "rror" in line or "annot" in line), lines[-1] if lines else "")
+            raise NnsdmError(f"{path}: cannot write image ({reason[:200]})") from None
 
 
 def read_image(path: str | os.PathLike):

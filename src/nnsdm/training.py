@@ -387,8 +387,8 @@ def build_trainer(
         raise NnsdmError(f"{workspace.plans_file(name)}: no {CONFIGURATION} configuration in the plans")
     if not (pre / plans["configurations"][CONFIGURATION].get("data_identifier", "")).is_dir():
         raise NnsdmError(f"{pre}: preprocessed data missing (run `nnsdm plan` again)")
-    if epochs < 1 or iterations_per_epoch < 1:
-        raise NnsdmError("--epochs and --iterations-per-epoch must be at least 1")
+    if epochs < 1 or iterations_per_epoch < 1 or (val_iterations is not None and val_iterations < 1) or save_every < 1:
+        raise NnsdmError("--epochs, --iterations-per-epoch, --val-iterations and --save-every must be at least 1")
     if optimizer not in ("sgd", "adamw"):
         raise NnsdmError(f"--optimizer {optimizer}: choose sgd (nnU-Net's) or adamw")
     if learning_rate is not None and not learning_rate > 0:
@@ -444,6 +444,10 @@ def train(
     nnU-Net's final validation of the fold (``fold_K/validation/``); ``validation_tta=False`` skips its
     mirroring (8x faster on a CPU; the saved model keeps its mirroring axes for prediction).
     """
+    if gpus < 1:
+        raise NnsdmError(f"--gpus {gpus}: must be at least 1")
+    if gpus > 1 and device == "cpu":
+        raise NnsdmError(f"--gpus {gpus} with --device cpu: multi-GPU training runs on CUDA (use --device cuda, or one process on the CPU)")
     if workers is not None:
         os.environ["nnUNet_n_proc_DA"] = str(max(0, int(workers)))
     options = dict(workspace=workspace, fold=fold, dataset=dataset, sdm_weight=sdm_weight, epochs=epochs,
