@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from nnsdm.errors import NnsdmError
 from nnsdm.fileio import read_image
+from nnsdm.inference.input_checks import check_dicom_series, check_geometry, check_nifti_header
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -168,12 +169,16 @@ def check_case(case: Case) -> None:
     if case.kind == "dicom" and len(case.files) > 1:  # one file per slice (else one multi-frame file)
         size = (*size[:2], len(case.files))
     _check_volume(size, reader.GetNumberOfComponents(), case.path)
+    check_geometry(size, reader.GetSpacing(), reader.GetDirection(), case.path)
     if case.kind == "nifti":
         from nnsdm.datasets.check import incomplete_voxel_data
 
+        check_nifti_header(case.path)
         problem = incomplete_voxel_data(case.path, reader)
         if problem:
             raise NnsdmError(f"{case.path}: {problem}")
+    else:
+        check_dicom_series(case.files, case.path)
 
 
 def read_case(case: Case) -> sitk.Image:
@@ -189,6 +194,13 @@ def read_case(case: Case) -> sitk.Image:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             raise NnsdmError(f"{case.path}: unreadable DICOM series ({(lines[-1] if lines else '')[:200]})") from None
     _check_volume(image.GetSize(), image.GetNumberOfComponentsPerPixel(), case.path)
+    check_geometry(image.GetSize(), image.GetSpacing(), image.GetDirection(), case.path)
+    if case.kind == "nifti" and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        from nnsdm.datasets.check import non_finite_voxels
+
+        bad = non_finite_voxels(case.path)
+        if bad:
+            raise NnsdmError(f"{case.path}: {bad} voxel(s) are NaN or infinite (SimpleITK would read NaN as 0)")
     return image
 
 
