@@ -28,6 +28,7 @@ from torch import nn
 
 from nnsdm.checkpoints import read_checkpoint
 from nnsdm.errors import NnsdmError
+from nnsdm.locking import hold
 from nnsdm.network import DeepSupervisionOutputs, build_network, resolve_cpu_precision, use_cpu_fast_path
 from nnsdm.planning import CONFIGURATION, PLANS_IDENTIFIER
 from nnsdm.sdm import signed_distance_map
@@ -454,11 +455,12 @@ def train(
                    iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations, save_every=save_every,
                    device=device, optimizer=optimizer, learning_rate=learning_rate, mirroring=mirroring,
                    cpu_precision=cpu_precision)
-    if gpus > 1:
-        return _train_ddp(gpus, {**options, "device": "cuda", "resume": resume, "validate": validate,
-                                 "validation_tta": validation_tta})
-    trainer = build_trainer(**options)
-    _run(trainer, resume=resume, validate=validate, validation_tta=validation_tta)
+    with hold(_model_folder(options) / f"fold_{parse_fold(fold)}", "train"):  # one training per fold folder
+        if gpus > 1:
+            return _train_ddp(gpus, {**options, "device": "cuda", "resume": resume, "validate": validate,
+                                     "validation_tta": validation_tta})
+        trainer = build_trainer(**options)
+        _run(trainer, resume=resume, validate=validate, validation_tta=validation_tta)
     return Path(trainer.output_folder_base)
 
 
@@ -522,6 +524,10 @@ def _train_ddp(gpus: int, kwargs: dict) -> Path:
         s.bind(("", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(gpus, port, kwargs), nprocs=gpus, join=True)
+    return _model_folder(kwargs)
+
+
+def _model_folder(kwargs: dict) -> Path:
     trainer_name = trainer_class(kwargs["sdm_weight"]).__name__
     ws: Workspace = kwargs["workspace"]
     return ws.results / ws.dataset_name(kwargs["dataset"]) / f"{trainer_name}__{PLANS_IDENTIFIER}__{CONFIGURATION}"
