@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,28 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, finals: Iterable[str | os.PathLike] | None = None) -> list[Path]:
+    """Remove what interrupted writers left in ``folder``: :func:`atomic_path`/:func:`atomic_dir` temporaries
+    (``.NAME.*.tmp*``) and checkpoint temporaries (``*.pth.tmp``); with ``finals``, only those of these
+    final paths. Returns what was removed.
+
+    Only for outputs whose lock the caller holds (:mod:`nnsdm.locking`): a running writer's temporary
+    would look the same.
+    """
+    folder = Path(folder)
+    if finals is None:
+        stale = [p for p in folder.glob(".*.tmp*") if ".tmp" in p.name[1:]] + list(folder.glob("*.pth.tmp"))
+    else:
+        stems = {Path(f).stem for f in finals}
+        stale = [p for p in folder.glob(".*.tmp*") if ".tmp" in p.name[1:] and p.name[1:].rsplit(".tmp", 1)[0].rsplit(".", 1)[0] in stems]
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

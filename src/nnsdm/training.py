@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch import nn
 
 from nnsdm.checkpoints import read_checkpoint
 from nnsdm.errors import NnsdmError
+from nnsdm.fileio import remove_stale_temporaries
 from nnsdm.locking import hold
 from nnsdm.network import DeepSupervisionOutputs, build_network, resolve_cpu_precision, use_cpu_fast_path
 from nnsdm.planning import CONFIGURATION, PLANS_IDENTIFIER
@@ -455,7 +457,9 @@ def train(
                    iterations_per_epoch=iterations_per_epoch, val_iterations=val_iterations, save_every=save_every,
                    device=device, optimizer=optimizer, learning_rate=learning_rate, mirroring=mirroring,
                    cpu_precision=cpu_precision)
-    with hold(_model_folder(options) / f"fold_{parse_fold(fold)}", "train"):  # one training per fold folder
+    fold_folder = _model_folder(options) / f"fold_{parse_fold(fold)}"
+    with hold(fold_folder, "train"):  # one training per fold folder
+        remove_stale_temporaries(fold_folder)  # an interrupted run's half-written checkpoint or figure
         if gpus > 1:
             return _train_ddp(gpus, {**options, "device": "cuda", "resume": resume, "validate": validate,
                                      "validation_tta": validation_tta})
@@ -467,11 +471,12 @@ def train(
 def _run(trainer, *, resume: bool, validate: bool, validation_tta: bool = True) -> None:
     if resume:
         checkpoint = find_resume_checkpoint(Path(trainer.output_folder))
-        if checkpoint is None:
-            raise NnsdmError(f"{trainer.output_folder}: no checkpoint to continue from")
-        trainer.load_checkpoint(read_checkpoint(checkpoint, device=trainer.device, for_training=True))
-        if trainer.current_epoch > trainer.num_epochs:
-            raise NnsdmError(f"{checkpoint}: already trained {trainer.current_epoch} epochs, more than --epochs {trainer.num_epochs}")
+        if checkpoint is None:  # killed before its first checkpoint: start the fold afresh, as nnU-Net's --c does
+            print(f"{trainer.output_folder}: no checkpoint yet; training the fold from its first epoch", file=sys.stderr)
+        else:
+            trainer.load_checkpoint(read_checkpoint(checkpoint, device=trainer.device, for_training=True))
+            if trainer.current_epoch > trainer.num_epochs:
+                raise NnsdmError(f"{checkpoint}: already trained {trainer.current_epoch} epochs, more than --epochs {trainer.num_epochs}")
     if torch.cuda.is_available() and trainer.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:

@@ -33,7 +33,7 @@ from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
 from nnsdm.errors import NnsdmError
 from nnsdm.locking import hold, lock_name
 from nnsdm.model_json import check_model_json
-from nnsdm.fileio import atomic_path, write_image
+from nnsdm.fileio import atomic_path, remove_stale_temporaries, write_image
 from nnsdm.inference.cv_postprocessing import keep_counts, load_postprocessing
 from nnsdm.inference.efficiency import EFFICIENCY_FILE, CaseMonitor, update_efficiency_csv
 from nnsdm.inference.io import (
@@ -416,6 +416,7 @@ def predict(
             tqdm.write(f"all {len(cases)} case(s) already predicted in {output} (use overwrite to predict again)")
         return [o.labels for _, o in plan]
     with hold(output, lock_name("predict")):  # one writer per output folder
+        remove_stale_temporaries(output, [p for _, o in todo for p in o.all()])  # left by an interrupted run
         _predict_todo(todo, loaded, output, torch_device, keep, tta=tta, step_size=step_size, save_sdm=save_sdm,
                       cpu_precision=cpu_precision, skipped=len(plan) - len(todo), progress=progress)
     return [o.labels for _, o in plan]
