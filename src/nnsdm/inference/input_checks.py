@@ -77,6 +77,30 @@ def check_nifti_header(path: Path) -> None:
                          "ITK would assume 1 mm")
 
 
+def unread_dicom_files(folder: Path, series: Sequence[str]) -> list[Path]:
+    """Files in ``folder`` that look like DICOM (``.dcm``, or the ``DICM`` marker) but are not in ``series``.
+
+    GDCM's series scan silently skips a file it cannot parse, so a damaged slice would otherwise vanish
+    from the volume (unnoticed when it is the first or the last).
+    """
+    taken = {Path(f).name for f in series}
+    dropped = []
+    for path in sorted(Path(folder).iterdir()):
+        if path.name in taken or path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix.lower() == ".dcm":
+            dropped.append(path)
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.seek(128)
+                if f.read(4) == b"DICM":
+                    dropped.append(path)
+        except OSError:
+            continue
+    return dropped
+
+
 def _tag(reader, key: str) -> str | None:
     return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
 

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from nnsdm.errors import NnsdmError
 from nnsdm.fileio import read_image
-from nnsdm.inference.input_checks import check_dicom_series, check_geometry, check_nifti_header
+from nnsdm.inference.input_checks import check_dicom_series, check_geometry, check_nifti_header, unread_dicom_files
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -101,6 +101,10 @@ def _dicom_case(folder: Path, name: str) -> Case | None:
         found = ", ".join(f"{uid or '(empty UID)'} ({len(files)} files)" for uid, files in series.items())
         raise NnsdmError(f"{folder}: holds {len(series)} DICOM series ({found}); put each series in its own folder")
     (files,) = series.values()
+    dropped = unread_dicom_files(folder, files)
+    if dropped:
+        raise NnsdmError(f"{dropped[0]}: a DICOM file beside the series that is not part of it (damaged?); "
+                         f"{len(dropped)} such file(s): repair or remove them, else the volume would lack their slices")
     return Case(name, "dicom", folder, files)
 
 
