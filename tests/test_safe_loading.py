@@ -189,3 +189,14 @@ def test_names_cannot_climb_out(tmp_path):
     for bad in ("../a", "/etc/passwd", "link/x"):
         with pytest.raises(NnsdmError, match="outside"):
             inside(tmp_path, bad)
+
+
+def test_a_flipped_byte_in_the_weights_is_refused_not_loaded(trained_model, tmp_path):
+    """torch.load does not check the archive's CRC-32: without this check the damaged weight would load."""
+    path = tmp_path / "checkpoint_final.pth"
+    data = bytearray((trained_model / "fold_0" / "checkpoint_final.pth").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=False)  # loads silently
+    with pytest.raises(NnsdmError, match=r"corrupt checkpoint \(checksum mismatch in .*/data/"):
+        read_checkpoint(path)

@@ -46,6 +46,22 @@ def _refusal(exc: Exception) -> str:
     return f"corrupt, or pickled objects that are not model data ({str(exc).strip().splitlines()[-1][:120]})"
 
 
+def _damaged_member(path: Path) -> str | None:
+    """Why the checkpoint's zip archive is damaged, or None. torch does not verify the CRC-32 of the
+    tensors it reads, so a flipped byte would silently load as a different weight; this reads every
+    member once (about 1 s per GB)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except zipfile.BadZipFile:
+        return None  # not a zip (a legacy torch.save file, or garbage): torch.load gives the reason
+    except (OSError, EOFError, ValueError, RuntimeError, NotImplementedError, zipfile.LargeZipFile) as exc:
+        return f"damaged archive: {type(exc).__name__}"
+    return f"checksum mismatch in {bad}" if bad else None
+
+
 def read_checkpoint(path: Path, *, device: torch.device | str = "cpu", for_training: bool = False) -> dict:
     """Load an nnU-Net checkpoint; a missing, corrupt, foreign or unsafe file becomes a one-line ``NnsdmError``.
 
@@ -54,6 +70,9 @@ def read_checkpoint(path: Path, *, device: torch.device | str = "cpu", for_train
     path = Path(path)
     if not path.is_file():
         raise NnsdmError(f"{path}: checkpoint not found (fold not trained or training not finished)")
+    damaged = _damaged_member(path)
+    if damaged:
+        raise NnsdmError(f"{path}: corrupt checkpoint ({damaged})")
     try:
         with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
             checkpoint = torch.load(path, map_location=device, weights_only=True)
