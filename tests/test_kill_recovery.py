@@ -113,7 +113,10 @@ def test_evaluate_and_report_killed_then_rerun_complete(trained_model, planned_w
     log = tmp_path / "log"
     evaluate = ["evaluate", "--pred", pred, "--gt", gt, "--out", tmp_path / "eval"]
     report = ["report", "--workspace", planned_workspace[0].root, "--out", tmp_path / "report"]
-    for args, started in ((evaluate, lambda: log.stat().st_size > 0), (report, lambda: any(tmp_path.glob(".report.*")))):
-        _kill_when(_start(args, log), started)
+    scoring = lambda: "evaluate:" in log.read_text(errors="replace")  # noqa: E731
+    writing = lambda: any(tmp_path.glob(".report.*"))  # noqa: E731
+    for args, moment, final in ((evaluate, scoring, tmp_path / "eval" / "summary.csv"), (report, writing, tmp_path / "report")):
+        assert _kill_when(_start(args, log), moment, poll=0.001), f"ended before the kill: {log.read_text()[-2000:]}"
+        assert not final.exists()  # nothing under the final name yet
         assert _start(args, log).wait(timeout=300) == 0, log.read_text()[-3000:]
     assert (tmp_path / "eval" / "summary.csv").is_file() and (tmp_path / "report" / "report.html").is_file()
