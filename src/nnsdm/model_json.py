@@ -115,7 +115,7 @@ def check_metadata(meta, path: Path) -> dict:
         raise NnsdmError(f"{path}: not an nnsdm metadata file (not a JSON object)")
     weight = meta.get("sdm_weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
-        raise NnsdmError(f"{path}: sdm_weight must be a number >= 0, got {weight!r}")
+        raise NnsdmError(f"{path}: not an nnsdm metadata file (sdm_weight must be a number >= 0, got {weight!r})")
     classes = meta.get("sdm_classes", [])
     if not isinstance(classes, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in classes):
         raise NnsdmError(f"{path}: sdm_classes must be a list of positive label values, got {classes!r}")
@@ -129,13 +129,3 @@ def check_metadata(meta, path: Path) -> dict:
     if not isinstance(meta.get("training", {}), dict):
         raise NnsdmError(f"{path}: training must be an object")
     return meta
-
-
-#: The check for each JSON file a model folder holds, by file name.
-CHECKS = {"plans.json": check_plans, "dataset.json": check_dataset_json, "nnsdm.json": check_metadata}
-
-
-def check_model_json(data, path: Path):
-    """Check a parsed model-folder JSON file by its name (files without a check pass unchanged)."""
-    check = CHECKS.get(Path(path).name)
-    return check(data, Path(path)) if check else data
