@@ -100,7 +100,7 @@ def check_dataset_json(dataset_json, path: Path) -> dict:
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 65536 for v in values):
             raise NnsdmError(f"{path}: label {name!r} must be an integer 0..65535 (or a list of them), got {value!r}")
-    channels = dataset_json.get("channel_names", dataset_json.get("modality"))
+    channels = dataset_json.get("channel_names", dataset_json.get("modality", {"0": "CT"}))
     if not isinstance(channels, dict) or not channels or not all(isinstance(v, str) for v in channels.values()):
         raise NnsdmError(f"{path}: channel_names must map channel numbers to names")
     ending = dataset_json.get("file_ending", ".nii.gz")
