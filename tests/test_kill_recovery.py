@@ -22,7 +22,7 @@ from nnsdm.checkpoints import read_checkpoint
 from nnsdm.workspace import Workspace
 
 pytestmark = pytest.mark.slow
-EPOCHS = 3
+EPOCHS = 2
 TRAIN = ["--fold", "1", "--epochs", str(EPOCHS), "--iterations-per-epoch", "2", "--val-iterations", "1",
          "--save-every", "1", "--device", "cpu", "--workers", "0", "--validation-no-tta"]
 
