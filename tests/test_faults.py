@@ -153,3 +153,16 @@ def test_predict_folds_that_are_not_folds_is_one_line(trained_model, phantom_dat
     assert code == 1
     err = capsys.readouterr().err
     assert err == "nnsdm: error: --folds x: not a fold (use numbers like 0 1 2 or 'all')\n"
+
+
+def test_a_short_image_write_on_a_full_disk_never_gets_the_final_name():
+    """ITK's NIfTI writer only prints "wrote only 0 of N bytes" on a full disk; the file must not be renamed."""
+    wrap = _in_tmpfs("16k")
+    if wrap is None:
+        pytest.skip("cannot mount a tmpfs in a user namespace here (unshare -rm)")
+    script = ("import os, numpy as np, SimpleITK as sitk\n"
+              "from nnsdm.errors import NnsdmError\nfrom nnsdm.fileio import write_image\n"
+              "try:\n    write_image(sitk.GetImageFromArray(np.random.rand(40, 64, 64).astype(np.float32)), '/mnt/x.nii.gz')\n"
+              "except NnsdmError as exc:\n    print(exc)\nprint(sorted(os.listdir('/mnt')))\n")
+    result = subprocess.run([*wrap, sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines() == ["/mnt/x.nii.gz: cannot write image (short write: disk full?)", "[]"], result.stderr

@@ -348,8 +348,7 @@ def _os_error(exc: OSError) -> str:
         reason += " (the file-size limit, ulimit -f, was reached)"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         reason += " (choose a folder you can write to)"
-    where = exc.filename if exc.filename is not None else None
-    return f"{where}: {reason}" if where is not None else reason
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nnsdm: error: {_os_error(exc)}", file=sys.stderr)
         return 1
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if in_main_thread:  # None: a handler installed outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         try:
             sys.stdout.flush()
         except OSError:

@@ -128,10 +128,36 @@ def write_image(image, path: str | os.PathLike, *, compress: bool = True) -> Non
     with atomic_path(path) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=compress)
-        except RuntimeError as exc:  # ITK reports a full disk or a failed write as a multi-line RuntimeError
+        except RuntimeError as exc:  # ITK reports a failed write as a multi-line RuntimeError
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             reason = next((line for line in reversed(lines) if "rror" in line or "annot" in line), lines[-1] if lines else "")
             raise NnsdmError(f"{path}: cannot write image ({reason[:200]})") from None
+        if not _nifti_complete(tmp):  # ITK's NIfTI writer only prints a full disk's short write
+            raise NnsdmError(f"{path}: cannot write image (short write: disk full?)")
+
+
+def _nifti_complete(path: Path) -> bool:
+    """Whether a NIfTI-1 file written here holds all the voxel bytes its header announces (other files: True)."""
+    import gzip
+    import struct
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return True
+    try:
+        with (gzip.open if name.endswith(".gz") else open)(path, "rb") as f:
+            head = f.read(348)
+        order = "<" if struct.unpack("<i", head[:4])[0] == 348 else ">"
+        dims = struct.unpack(order + "8h", head[40:56])
+        bitpix, offset = struct.unpack(order + "h", head[72:74])[0], struct.unpack(order + "f", head[108:112])[0]
+        expected = int(offset) + int(np.prod([max(1, d) for d in dims[1:dims[0] + 1]])) * bitpix // 8
+        with open(path, "rb") as f:
+            if name.endswith(".gz"):
+                f.seek(-4, 2)
+                return int.from_bytes(f.read(4), "little") == expected % 2**32
+            return os.fstat(f.fileno()).st_size >= expected
+    except (OSError, EOFError, struct.error, ValueError):
+        return False
 
 
 def read_image(path: str | os.PathLike):
