@@ -76,7 +76,9 @@ def test_stock_nnunet_checkpoints_load(planned_workspace, tmp_path):
     """A checkpoint written by nnU-Net's own trainer (its save_checkpoint, numpy values of every float width in the log)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    workspace, _ = planned_workspace
+    from nnsdm.workspace import Workspace
+
+    workspace = Workspace(shutil.copytree(planned_workspace[0].root, tmp_path / "ws", symlinks=True))  # its log stays here
     name = workspace.dataset_name(None)
     workspace.activate()
     plans = {**workspace.load_plans(name), "continue_training": False}
