@@ -226,7 +226,7 @@ def test_training_options_are_checked_before_any_work(tmp_path):
     workspace = Workspace(tmp_path / "ws")
     assert TrainingOptions(workspace=workspace, fold="3").fold == 3
     assert TrainingOptions(workspace=workspace, fold="all").fold == "all"
-    for options, message in ((dict(fold=5), "--fold 5: unknown fold"), (dict(fold=0, epochs=0), "--epochs and"),
+    for options, message in ((dict(fold=5), "--fold 5: unknown fold"), (dict(fold=0, epochs=0), "--epochs, --iterations-per-epoch, --val-iterations and --save-every must be at least 1"),
                              (dict(fold=0, optimizer="adam"), "--optimizer adam"), (dict(fold=0, learning_rate=0.0), "--lr 0.0"),
                              (dict(fold=0, cpu_precision="fp16"), "--cpu-precision fp16"),
                              (dict(fold=0, sdm_weight=-1.0), "--sdm-weight -1.0")):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def _spacing(text: str) -> tuple[float, float, float]:
     if len(values) != 3 or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected three positive numbers in mm like 4x2x2 (z x y x x)")
     return values  # type: ignore[return-value]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
 
 
 def _add_workspace(p: argparse.ArgumentParser) -> None:
@@ -123,8 +134,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from nnsdm.inference import predict
 
-    folds = [f if f == "all" else int(f) for f in args.folds] if args.folds else None
-    written = predict(input=args.input, output=args.output, model=args.model, folds=folds, tta=not args.no_tta,
+    written = predict(input=args.input, output=args.output, model=args.model, folds=args.folds, tta=not args.no_tta,
                       step_size=args.step_size, device=args.device, postprocess=args.postprocess, save_sdm=args.save_sdm,
                       save_probabilities=args.save_probabilities, qc=args.qc, overwrite=args.overwrite,
                       cpu_precision=args.cpu_precision)
@@ -226,9 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_workspace(p)
     p.add_argument("--fold", default="0", help="0, 1, 2, 3, 4, or all (train on every case) (default 0)")
     p.add_argument("--dataset", help="dataset name or id, when the workspace holds several")
-    p.add_argument("--epochs", type=int, default=1000, help="epochs (default 1000, nnU-Net's; the paper's SDM model ran 100)")
-    p.add_argument("--iterations-per-epoch", type=int, default=250, help="training iterations per epoch (default 250)")
-    p.add_argument("--val-iterations", type=int, help="validation iterations per epoch (default: a fifth of the training iterations)")
+    p.add_argument("--epochs", type=_positive_int, default=1000, help="epochs (default 1000, nnU-Net's; the paper's SDM model ran 100)")
+    p.add_argument("--iterations-per-epoch", type=_positive_int, default=250, help="training iterations per epoch (default 250)")
+    p.add_argument("--val-iterations", type=_positive_int, help="validation iterations per epoch (default: a fifth of the training iterations)")
     p.add_argument("--sdm-weight", type=float, default=1.0, help="weight of the SDM loss; 0 trains the plain nnU-Net baseline (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device (default: CUDA if available)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
@@ -239,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU training only: bf16 autocast or fp32 (default auto: bf16 where the CPU has native bf16)")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="resume from the fold's latest checkpoint (give the same options as the interrupted run)")
-    p.add_argument("--save-every", type=int, default=50, help="write checkpoint_latest.pth every N epochs (default 50)")
+    p.add_argument("--save-every", type=_positive_int, default=50, help="write checkpoint_latest.pth every N epochs (default 50)")
     p.add_argument("--workers", type=int, help="augmentation worker processes (default: nnU-Net's choice)")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs for distributed data-parallel training (default 1)")
+    p.add_argument("--gpus", type=_positive_int, default=1, help="GPUs for distributed data-parallel training (default 1)")
     p.add_argument("--no-validation", action="store_true", help="skip the final validation of the fold")
     p.add_argument("--validation-no-tta", action="store_true", help="final validation without mirroring (8x faster on a CPU)")
     p.set_defaults(func=_cmd_train)
@@ -323,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"random seed (default {DEFAULTS['seed']})")
     p.add_argument("--shape", type=_shape, help="phantoms' nominal shape z x y x x (default {})".format("x".join(map(str, DEFAULTS["shape"]))))
     p.add_argument("--spacing", type=_spacing, help="phantoms' nominal spacing in mm (default {})".format("x".join(map(str, DEFAULTS["spacing"]))))
-    p.add_argument("--epochs", type=int, help=f"training epochs (default {DEFAULTS['epochs']})")
+    p.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {DEFAULTS['epochs']})")
     p.add_argument("--iterations", type=int, help=f"iterations per epoch (default {DEFAULTS['iterations']})")
     p.add_argument("--learning-rate", type=float, help=f"initial AdamW learning rate (default {DEFAULTS['learning_rate']})")
     p.add_argument("--workers", type=int, help="augmentation worker processes (default: CPU cores - 1)")
@@ -333,23 +343,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (so ``finally`` blocks clean up)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an operating-system failure: the path and the system's reason."""
+    import errno
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (free some space or write elsewhere)"
+    elif exc.errno == errno.EFBIG:
+        reason += " (the file-size limit, ulimit -f, was reached)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason += " (choose a folder you can write to)"
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``nnsdm`` command; returns the exit code."""
+    """Entry point of the ``nnsdm`` command; returns the exit code.
+
+    Problems become one line on stderr and exit 1: nnsdm's own (``NnsdmError``) and the operating
+    system's (read-only or full disk, permission denied). Ctrl-C exits 130 and SIGTERM 143 (128 + the
+    signal number, as shells report them); atomic writers have removed their temporary files by then.
+    """
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except NnsdmError as exc:
         print(f"nnsdm: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("nnsdm: interrupted", file=sys.stderr)
+        print("nnsdm: interrupted (Ctrl-C); completed outputs are kept, rerun to finish", file=sys.stderr)
         return 130
+    except Terminated:
+        print("nnsdm: terminated (SIGTERM); completed outputs are kept, rerun to finish", file=sys.stderr)
+        return 143
     except MemoryError:
         print("nnsdm: error: out of memory", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # stdout closed early (``nnsdm check ... | head``)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return 141
+    except OSError as exc:
+        print(f"nnsdm: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
     finally:
-        sys.stdout.flush()
+        if in_main_thread:  # None: a handler installed outside Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        try:
+            sys.stdout.flush()
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ import torch
 
 from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
 from nnsdm.errors import NnsdmError
+from nnsdm.model_json import check_dataset_json, check_plans
 from nnsdm.fileio import atomic_dir
 from nnsdm.model_folder import ModelFolder
 from nnsdm.network import build_network, count_flops, count_parameters, strip_sdm_head
@@ -75,7 +76,8 @@ def model_statistics(source: Path) -> dict:
         if not f.is_file():
             raise NnsdmError(f"{f}: not found (give a model folder or a plans file beside its dataset.json)")
     try:
-        plans, dataset_json = json.loads(plans_file.read_text(encoding="utf-8")), json.loads(dataset_file.read_text(encoding="utf-8"))
+        plans = check_plans(json.loads(plans_file.read_text(encoding="utf-8")), plans_file)
+        dataset_json = check_dataset_json(json.loads(dataset_file.read_text(encoding="utf-8")), dataset_file)
         manager = PlansManager(plans)
         config = manager.get_configuration(CONFIGURATION)
     except (ValueError, KeyError) as exc:

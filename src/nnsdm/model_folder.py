@@ -20,6 +20,7 @@ from pathlib import Path
 
 from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
 from nnsdm.errors import NnsdmError
+from nnsdm.model_json import check_dataset_json, check_metadata, check_plans, plain_name
 from nnsdm.planning import CONFIGURATION, PLANS_IDENTIFIER
 
 __all__ = ["METADATA_FILE", "LATEST_CHECKPOINT", "BEST_CHECKPOINT", "TRAINER_NAME", "ModelFolder",
@@ -99,13 +100,15 @@ class ModelFolder:
 
     # --- JSON files ----------------------------------------------------------------------------------
     def _json(self, name: str) -> dict:
+        """A JSON file of the folder, its types and names checked (:mod:`nnsdm.model_json`): folders travel."""
         path = self.path / name
         if not path.is_file():
             raise NnsdmError(f"{self.path}: not an nnsdm model folder ({name} missing)")
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise NnsdmError(f"{path}: unreadable JSON ({exc})") from None
+        return {"plans.json": check_plans, "dataset.json": check_dataset_json, METADATA_FILE: check_metadata}[name](data, path)
 
     def plans(self) -> dict:
         """nnU-Net's ``plans.json`` of the model."""
@@ -137,10 +140,10 @@ class ModelFolder:
         """The SDM loss weight: from ``nnsdm.json``, else from the trainer name; ``None`` when unknown."""
         meta = self.path / METADATA_FILE
         if meta.is_file():
-            try:
-                return float(json.loads(meta.read_text(encoding="utf-8"))["sdm_weight"])
-            except (ValueError, KeyError, TypeError):
-                raise NnsdmError(f"{meta}: not an nnsdm metadata file (no numeric sdm_weight)") from None
+            weight = self.metadata().get("sdm_weight")
+            if weight is None:
+                raise NnsdmError(f"{meta}: not an nnsdm metadata file (no numeric sdm_weight)")
+            return float(weight)
         try:
             return sdm_weight_from_trainer_name(self.trainer)
         except ValueError:
@@ -191,8 +194,9 @@ class ModelFolder:
         """The training ground truth: ``WORKSPACE/nnUNet_preprocessed/<dataset>/gt_segmentations``."""
         try:
             dataset = json.loads((self.path / "plans.json").read_text(encoding="utf-8"))["dataset_name"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             raise NnsdmError(f"{self.path}: not an nnsdm model folder (plans.json missing or unreadable)") from None
+        plain_name(dataset, "dataset_name", self.path / "plans.json")  # the path below cannot climb out
         resolved = self.path.resolve()
         gt = resolved.parents[2] / "nnUNet_preprocessed" / dataset / "gt_segmentations" if len(resolved.parents) > 2 else None
         if gt is None or not gt.is_dir():

@@ -33,6 +33,7 @@ from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
+from nnsdm.checkpoints import read_checkpoint
 from nnsdm.device import resolve_cpu_precision, use_cpu_fast_path
 from nnsdm.errors import NnsdmError
 from nnsdm.model_folder import TRAINER_NAME, ModelFolder, trainer_name
@@ -280,6 +281,33 @@ class nnsdmTrainer(nnUNetTrainer):
                 sdm_loss=float(last("train_sdm_losses")) if self.sdm_weight > 0 else None))
 
     # --- checkpoints -------------------------------------------------------------------------------
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's resume, from a checkpoint read by :func:`read_checkpoint` (never an unsafe unpickling).
+
+        nnU-Net 2.8.1 reads the file itself with ``weights_only=False`` and fails on a dict, so its body
+        is repeated here on the dict.
+        """
+        checkpoint = filename_or_checkpoint
+        if not isinstance(checkpoint, dict):
+            checkpoint = read_checkpoint(Path(checkpoint), device=self.device, for_training=True)
+        if not self.was_initialized:
+            self.initialize()
+        network = self.network.module if self.is_ddp else self.network
+        network = getattr(network, "_orig_mod", network)  # torch.compile's wrapper
+        own = network.state_dict().keys()
+        weights = {k[7:] if k not in own and k.startswith("module.") else k: v
+                   for k, v in checkpoint["network_weights"].items()}
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        network.load_state_dict(weights)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, written to a temporary name and renamed: an interrupted save keeps the old one."""
         tmp = f"{filename}.tmp"

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 from nnsdm.checkpoints import read_checkpoint
 from nnsdm.device import resolve_cpu_precision, resolve_device
 from nnsdm.errors import NnsdmError
+from nnsdm.fileio import remove_stale_temporaries
+from nnsdm.locking import hold
 from nnsdm.model_folder import ModelFolder, trainer_name
 from nnsdm.planning import CONFIGURATION
 from nnsdm.workspace import Workspace
@@ -81,8 +84,14 @@ class TrainingOptions:
         """Every option checked before any work, each problem a one-line error."""
         object.__setattr__(self, "fold", parse_fold(self.fold))
         trainer_name(self.sdm_weight)  # rejects a negative weight
-        if self.epochs < 1 or self.iterations_per_epoch < 1:
-            raise NnsdmError("--epochs and --iterations-per-epoch must be at least 1")
+        counts = (self.epochs, self.iterations_per_epoch, self.save_every, 1 if self.val_iterations is None else self.val_iterations)
+        if min(counts) < 1:
+            raise NnsdmError("--epochs, --iterations-per-epoch, --val-iterations and --save-every must be at least 1")
+        if self.gpus < 1:
+            raise NnsdmError(f"--gpus {self.gpus}: must be at least 1")
+        if self.gpus > 1 and self.device == "cpu":
+            raise NnsdmError(f"--gpus {self.gpus} with --device cpu: multi-GPU training runs on CUDA "
+                             "(use --device cuda, or one process on the CPU)")
         if self.optimizer not in ("sgd", "adamw"):
             raise NnsdmError(f"--optimizer {self.optimizer}: choose sgd (nnU-Net's) or adamw")
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -139,22 +148,25 @@ def train(options: TrainingOptions | None = None, /, **fields) -> Path:
     options = _options(options, fields)
     if options.workers is not None:
         os.environ["nnUNet_n_proc_DA"] = str(max(0, int(options.workers)))
-    if options.gpus > 1:
-        return _train_ddp(dataclasses.replace(options, device="cuda", epoch_callback=None))
-    trainer = build_trainer(options)
-    _run(trainer, options)
+    fold_folder = options.model_folder.fold_folder(options.fold)
+    with hold(fold_folder, "train"):  # one training per fold folder
+        remove_stale_temporaries(fold_folder)  # an interrupted run's half-written checkpoint or figure
+        if options.gpus > 1:
+            return _train_ddp(dataclasses.replace(options, device="cuda", epoch_callback=None))
+        trainer = build_trainer(options)
+        _run(trainer, options)
     return Path(trainer.output_folder_base)
 
 
 def _run(trainer, options: TrainingOptions) -> None:
     if options.resume:
         checkpoint = ModelFolder(Path(trainer.output_folder_base)).resume_checkpoint(options.fold)
-        if checkpoint is None:
-            raise NnsdmError(f"{trainer.output_folder}: no checkpoint to continue from")
-        read_checkpoint(checkpoint, device=trainer.device, for_training=True)  # a clear error for a corrupt file
-        trainer.load_checkpoint(str(checkpoint))  # nnU-Net 2.8.1 only accepts a file name here
-        if trainer.current_epoch > trainer.num_epochs:
-            raise NnsdmError(f"{checkpoint}: already trained {trainer.current_epoch} epochs, more than --epochs {trainer.num_epochs}")
+        if checkpoint is None:  # killed before its first checkpoint: start the fold afresh, as nnU-Net's --c does
+            print(f"{trainer.output_folder}: no checkpoint yet; training the fold from its first epoch", file=sys.stderr)
+        else:
+            trainer.load_checkpoint(read_checkpoint(checkpoint, device=trainer.device, for_training=True))
+            if trainer.current_epoch > trainer.num_epochs:
+                raise NnsdmError(f"{checkpoint}: already trained {trainer.current_epoch} epochs, more than --epochs {trainer.num_epochs}")
     if torch.cuda.is_available() and trainer.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:

@@ -53,6 +53,7 @@ class _Spec:
     file_ending: str | None = None
     num_training: int | None = None
     explicit: dict | None = None  # the optional "dataset" entry: case -> {"images": [...], "label": ...}
+    labels_with_foreground: int = 0  # label maps seen so far that hold any foreground voxel
 
 
 @dataclass
@@ -91,6 +92,7 @@ def check_dataset(dataset: Path, *, progress: bool = True) -> list[Problem]:
     else:
         training, found = _cases_from_folders(dataset, spec)
     problems += found
+    folders_found = training is not None
     if training is None:  # imagesTr or labelsTr missing: already reported
         training = []
     elif spec.num_training is not None and spec.num_training != len(training):
@@ -104,6 +106,10 @@ def check_dataset(dataset: Path, *, progress: bool = True) -> list[Problem]:
 
     for case in tqdm(training + test, desc="checking cases", unit="case", disable=not progress):
         problems += _check_case(case, spec)
+    if folders_found and not training:
+        problems.append(Problem(dataset / "imagesTr", "no training cases: nothing to train on"))
+    elif training and spec.labels is not None and spec.labels_with_foreground == 0 and not problems:
+        problems.append(Problem(dataset / "labelsTr", "every label map is all background (0): nothing to learn"))
     return problems
 
 
@@ -312,7 +318,7 @@ def _check_case(case: _Case, spec: _Spec) -> list[Problem]:
             if reference is not None:
                 problems += _compare(header, reference)
             if spec.labels is not None:
-                problems += _check_label_values(case.label, spec.labels)
+                problems += _check_label_values(case.label, spec)
     return problems
 
 
@@ -450,23 +456,32 @@ def _read_voxels(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
+def non_finite_voxels(path: Path) -> int:
+    """How many voxels of an image file are NaN or infinite, as stored (SimpleITK would read NaN as 0)."""
+    voxels = _read_voxels(path)
+    if not np.issubdtype(voxels.dtype, np.floating):
+        return 0
+    return voxels.size - int(np.count_nonzero(np.isfinite(voxels)))
+
+
 def _check_finite(path: Path) -> list[Problem]:
     try:
-        voxels = _read_voxels(path)
+        bad = non_finite_voxels(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unreadable
         return [Problem(path, f"unreadable image ({_reason(exc, path)})")]
-    bad = voxels.size - int(np.count_nonzero(np.isfinite(voxels)))
     if bad:
         return [Problem(path, f"{bad} voxel(s) are NaN or infinite")]
     return []
 
 
-def _check_label_values(path: Path, allowed: set[int]) -> list[Problem]:
-    """Label values must be among dataset.json's labels (which are 0..K, consecutive)."""
+def _check_label_values(path: Path, spec: _Spec) -> list[Problem]:
+    """Label values must be among dataset.json's labels (which are 0..K, consecutive); counts foreground maps."""
+    allowed = spec.labels
     try:
         voxels = _read_voxels(path)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unreadable
         return [Problem(path, f"unreadable image ({_reason(exc, path)})")]
+    spec.labels_with_foreground += bool(voxels.size and np.nanmax(voxels) > 0)
     top = max(allowed)
     if np.issubdtype(voxels.dtype, np.integer):
         if voxels.size == 0 or (voxels.min() >= 0 and voxels.max() <= top):

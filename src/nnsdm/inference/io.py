@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from nnsdm.errors import NnsdmError
 from nnsdm.fileio import quiet_itk as _quiet_itk
 from nnsdm.fileio import read_image
+from nnsdm.inference.input_checks import check_dicom_series, check_geometry, check_nifti_header, unread_dicom_files
 from nnsdm.orientation import orientation_code
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -80,6 +81,10 @@ def _dicom_case(folder: Path, name: str) -> Case | None:
         found = ", ".join(f"{uid or '(empty UID)'} ({len(files)} files)" for uid, files in series.items())
         raise NnsdmError(f"{folder}: holds {len(series)} DICOM series ({found}); put each series in its own folder")
     (files,) = series.values()
+    dropped = unread_dicom_files(folder, files)
+    if dropped:
+        raise NnsdmError(f"{dropped[0]}: a DICOM file beside the series that is not part of it (damaged?); "
+                         f"{len(dropped)} such file(s): repair or remove them, else the volume would lack their slices")
     return Case(name, "dicom", folder, files)
 
 
@@ -148,12 +153,16 @@ def check_case(case: Case) -> None:
     if case.kind == "dicom" and len(case.files) > 1:  # one file per slice (else one multi-frame file)
         size = (*size[:2], len(case.files))
     _check_volume(size, reader.GetNumberOfComponents(), case.path)
+    check_geometry(size, reader.GetSpacing(), reader.GetDirection(), case.path)
     if case.kind == "nifti":
         from nnsdm.datasets.check import incomplete_voxel_data
 
+        check_nifti_header(case.path)
         problem = incomplete_voxel_data(case.path, reader)
         if problem:
             raise NnsdmError(f"{case.path}: {problem}")
+    else:
+        check_dicom_series(case.files, case.path)
 
 
 def read_case(case: Case) -> sitk.Image:
@@ -169,6 +178,13 @@ def read_case(case: Case) -> sitk.Image:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             raise NnsdmError(f"{case.path}: unreadable DICOM series ({(lines[-1] if lines else '')[:200]})") from None
     _check_volume(image.GetSize(), image.GetNumberOfComponentsPerPixel(), case.path)
+    check_geometry(image.GetSize(), image.GetSpacing(), image.GetDirection(), case.path)
+    if case.kind == "nifti" and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        from nnsdm.datasets.check import non_finite_voxels
+
+        bad = non_finite_voxels(case.path)
+        if bad:
+            raise NnsdmError(f"{case.path}: {bad} voxel(s) are NaN or infinite (SimpleITK would read NaN as 0)")
     return image
 
 

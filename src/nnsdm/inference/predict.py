@@ -31,8 +31,9 @@ from torch import nn
 from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
 from nnsdm.device import resolve_cpu_precision, resolve_device, use_cpu_fast_path
 from nnsdm.errors import NnsdmError
-from nnsdm.fileio import atomic_path, write_image
+from nnsdm.fileio import atomic_path, remove_stale_temporaries, write_image
 from nnsdm.inference.cv_postprocessing import load_postprocessing
+from nnsdm.locking import hold, lock_name
 from nnsdm.inference.efficiency import EFFICIENCY_FILE, CaseMonitor, update_efficiency_csv
 from nnsdm.inference.io import (
     Case,
@@ -408,11 +409,21 @@ def predict(
         if progress:
             tqdm.write(f"all {len(cases)} case(s) already predicted in {output} (use overwrite to predict again)")
         return [o.labels for _, o in plan]
-    output.mkdir(parents=True, exist_ok=True)
+    with hold(output, lock_name("predict")):  # one writer per output folder
+        remove_stale_temporaries(output, [p for _, o in todo for p in o.all()])  # left by an interrupted run
+        _predict_todo(todo, loaded, output, torch_device, keep, tta=tta, step_size=step_size, save_sdm=save_sdm,
+                      qc=qc, cpu_precision=cpu_precision, skipped=len(plan) - len(todo), progress=progress)
+    return [o.labels for _, o in plan]
+
+
+def _predict_todo(todo: list, loaded: LoadedModel, output: Path, torch_device, keep, *, tta: bool, step_size: float,
+                  save_sdm: bool, qc: bool, cpu_precision: str, skipped: int, progress: bool) -> None:
+    from tqdm import tqdm
+
     predictor = make_predictor(loaded, device=torch_device, tta=tta, step_size=float(step_size), with_sdm=save_sdm or qc,
                                cpu_precision=cpu_precision)
-    if progress and len(todo) < len(plan):
-        tqdm.write(f"skipping {len(plan) - len(todo)} case(s) already predicted in {output}")
+    if progress and skipped:
+        tqdm.write(f"skipping {skipped} case(s) already predicted in {output}")
     bar = tqdm(todo, desc="predict", unit="case", disable=not progress, dynamic_ncols=True)
     for case, outs in bar:
         bar.set_postfix(case=case.name)
@@ -421,4 +432,3 @@ def predict(
         update_efficiency_csv(output / EFFICIENCY_FILE, [monitor.result])
         if qc:
             update_qc_csv(output / QC_FILE, rows)
-    return [o.labels for _, o in plan]

@@ -74,7 +74,7 @@ def write_report(
         ext_lookup = {(job.case,): job for job in jobs}
         ext = score(jobs, [], desc="report: external set", **scoring)
 
-    # matplotlib's default style: nnU-Net's training plots change the global one (seaborn, font scale 2.5)
+    # matplotlib's default style, for the reason given in nnsdm.trainer.plot_sdm_progress
     with atomic_dir(out, overwrite=True) as tmp, matplotlib.style.context("default"):
         report = ReportBuilder(tmp, f"nnsdm report{': ' + name if name else ''}", builder.tolerance_text(tolerance_mm),
                                ct=builder.is_ct(preprocessed / "dataset.json") if preprocessed else False, notes=notes)

@@ -104,13 +104,13 @@ def cv_jobs(models: Sequence[Model], *, preprocessed: Path) -> tuple[list[Job], 
     A fold's cases are its ``val`` cases in ``splits_final.json`` (else the predictions present); a case
     without a prediction is scored as empty (0 where the organ exists), as FLARE21 does.
     """
-    gt_dir = preprocessed / "gt_segmentations"
     jobs, notes = [], []
     for model in models:
         for fold in model.folds():
             pred_dir = model.folder.fold_folder(fold) / "validation"
             if not isinstance(fold, int) or not pred_dir.is_dir():
                 continue
+            gt_dir = model.folder.ground_truth()
             cases = _split_val_cases(preprocessed, fold) or case_names(pred_dir)
             missing = []
             for case in cases:
