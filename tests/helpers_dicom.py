@@ -1,0 +1,111 @@
+"""DICOM CT series for tests: a copy of a real series with identifiers filled in, and phantom series in any orientation.
+
+Files are written with pydicom from scratch (uncompressed, one slice per file), so the slice order in
+the files, the instance numbering and the orientation are exactly what a test asks for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+PATIENT = {"PatientName": "Test^Patient", "PatientID": "NNSDM-TEST-001", "PatientBirthDate": "19600101",
+           "PatientSex": "O", "AccessionNumber": "ACC123", "StudyID": "S42"}
+
+# (row direction, column direction) of the slices: the direction cosines of the image's x and y axes (LPS)
+ORIENTATIONS = {
+    "axial": ((1, 0, 0), (0, 1, 0)),
+    "coronal": ((1, 0, 0), (0, 0, -1)),
+    "sagittal": ((0, 1, 0), (0, 0, -1)),
+}
+
+
+def copy_real_series_with_uids(source: Path, out: Path) -> list[Path]:
+    """Copy a real series whose UIDs are blank, filling Study/Series/SOP UIDs and patient identifiers.
+
+    Pixel data stays as stored (compressed); SOP Instance UIDs are the files' media storage UIDs.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    written = []
+    for path in sorted(Path(source).iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = study, series, 3
+        for key, value in PATIENT.items():
+            setattr(ds, key, value)
+        ds.save_as(out / path.name, enforce_file_format=True)
+        written.append(out / path.name)
+    return written
+
+
+def phantom_image(orientation: str, *, shape=(10, 24, 20), spacing=(4.0, 3.0, 2.5), flip_slices: bool = False):
+    """An int16 CT image (z, y, x array) with a slice orientation from :data:`ORIENTATIONS`.
+
+    ``flip_slices`` steps the slices against the slice normal (row x column direction).
+    """
+    row, col = (np.asarray(v, dtype=float) for v in ORIENTATIONS[orientation])
+    normal = np.cross(row, col) * (-1 if flip_slices else 1)
+    image = sitk.Image([int(s) for s in reversed(shape)], sitk.sitkInt16)
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
+    image.SetDirection(tuple(np.stack([row, col, normal], axis=1).ravel()))
+    image.SetOrigin((-30.0, -40.0, 20.0))
+    return image
+
+
+def physical_points(image: sitk.Image) -> np.ndarray:
+    """Physical (LPS mm) coordinates of every voxel centre, shape (z, y, x, 3)."""
+    size = image.GetSize()
+    k, j, i = np.meshgrid(*(np.arange(n) for n in reversed(size)), indexing="ij")
+    index = np.stack([i, j, k], axis=-1).astype(float) * np.asarray(image.GetSpacing())
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    return index @ direction.T + np.asarray(image.GetOrigin())
+
+
+def write_ct_series(image: sitk.Image, out: Path, *, reverse_instances: bool = False) -> list[Path]:
+    """Write a 3D int16 image as a CT series, one file per slice (z index order), with fresh UIDs.
+
+    Instance numbers follow the z index, or run against it with ``reverse_instances``.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    out.mkdir(parents=True, exist_ok=True)
+    array = sitk.GetArrayFromImage(image).astype(np.int16)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    sx, sy, _ = image.GetSpacing()
+    paths = []
+    for k in range(array.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        for key, value in PATIENT.items():
+            setattr(ds, key, value)
+        ds.Modality, ds.SeriesNumber, ds.StudyDate, ds.StudyTime = "CT", 2, "20260101", "120000"
+        ds.ReferringPhysicianName, ds.Manufacturer, ds.PositionReferenceIndicator = "", "phantom", ""
+        ds.InstanceNumber = array.shape[0] - k if reverse_instances else k + 1
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*direction[:, 0], *direction[:, 1])]
+        ds.PixelSpacing, ds.SliceThickness = [f"{sy:g}", f"{sx:g}"], f"{image.GetSpacing()[2]:g}"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = array.shape[1], array.shape[2]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+        ds.PixelData = np.ascontiguousarray(array[k]).tobytes()
+        path = out / f"slice_{k:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
