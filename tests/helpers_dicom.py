@@ -109,3 +109,33 @@ def write_ct_series(image: sitk.Image, out: Path, *, reverse_instances: bool = F
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def check_seg_against_labels(path: Path, files, labels: np.ndarray, names: dict[int, str]):
+    """Read the SEG back with pydicom and highdicom and check it against the source series ``files``.
+
+    Per segment, the mask of each source slice equals ``labels`` (z index i <-> files[i]); segments are
+    the organs present; referenced instances are exactly the source slices in instance-number order;
+    study, frame of reference and patient identifiers are the source's. Returns the pydicom dataset.
+    """
+    import highdicom as hd
+    import pydicom
+
+    ds, seg = pydicom.dcmread(path), hd.seg.segread(path)
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    uids = [h.SOPInstanceUID for h in headers]
+    present = [label for label in names if np.any(labels == label)]
+    assert [s.SegmentLabel for s in ds.SegmentSequence] == [names[label] for label in present]
+    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=list(range(1, len(present) + 1)))
+    assert masks.shape == (*labels.shape, len(present))
+    for number, label in enumerate(present):
+        np.testing.assert_array_equal(masks[..., number] > 0, labels == label, err_msg=names[label])
+    # the referenced instances are exactly the source slices, listed in instance number order
+    referenced = [item.ReferencedSOPInstanceUID for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+    by_instance = [h.SOPInstanceUID for h in sorted(headers, key=lambda h: int(h.InstanceNumber))]
+    assert referenced == by_instance
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == headers[0].SeriesInstanceUID
+    for key in ("StudyInstanceUID", "FrameOfReferenceUID", *PATIENT):
+        assert str(ds[key].value) == str(headers[0][key].value), key
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    return ds

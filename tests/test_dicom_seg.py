@@ -9,13 +9,12 @@ organ shapes at the frame's own position, independently of how nnsdm orders the 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from helpers_dicom import PATIENT, copy_real_series_with_uids, phantom_image, physical_points, write_ct_series
+from helpers_dicom import check_seg_against_labels, copy_real_series_with_uids, phantom_image, physical_points, write_ct_series
 from pydicom.sr.codedict import codes
 
 from nnsdm import __version__
@@ -34,34 +33,6 @@ def phantom_labels(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
         inside = (((points - centre - np.asarray(offset)) / np.asarray(radii)) ** 2).sum(-1) <= 1
         labels[inside & (labels == 0)] = label
     return labels
-
-
-def read_back(path: Path, files) -> tuple[pydicom.Dataset, object]:
-    import highdicom as hd
-
-    return pydicom.dcmread(path), hd.seg.segread(path)
-
-
-def check_seg_against_labels(path: Path, files, labels: np.ndarray) -> pydicom.Dataset:
-    """The SEG's masks per source slice equal ``labels`` (z index i <-> files[i]); return the pydicom dataset."""
-    ds, seg = read_back(path, files)
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    uids = [h.SOPInstanceUID for h in headers]
-    present = [label for label in NAMES if np.any(labels == label)]
-    assert [s.SegmentLabel for s in ds.SegmentSequence] == [NAMES[label] for label in present]
-    masks = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=list(range(1, len(present) + 1)))
-    assert masks.shape == (*labels.shape, len(present))
-    for number, label in enumerate(present):
-        np.testing.assert_array_equal(masks[..., number] > 0, labels == label, err_msg=NAMES[label])
-    # the referenced instances are exactly the source slices, listed in instance number order
-    referenced = [item.ReferencedSOPInstanceUID for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
-    by_instance = [h.SOPInstanceUID for h in sorted(headers, key=lambda h: int(h.InstanceNumber))]
-    assert referenced == by_instance
-    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == headers[0].SeriesInstanceUID
-    for key in ("StudyInstanceUID", "FrameOfReferenceUID", *PATIENT):
-        assert str(ds[key].value) == str(headers[0][key].value), key
-    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
-    return ds
 
 
 def frames_in_patient_space(ds: pydicom.Dataset, centre: np.ndarray) -> None:
@@ -97,7 +68,7 @@ def test_real_series_seg_matches_labels(real_ct, tmp_path):
     labels = sitk.GetArrayFromImage(label_image)
     out = tmp_path / "out" / "tsex_seg.dcm"
     assert write_dicom_seg(labels, image, case.files, out, NAMES, folds=[0, 1])
-    ds = check_seg_against_labels(out, case.files, labels)
+    ds = check_seg_against_labels(out, case.files, labels, NAMES)
     assert len(ds.SegmentSequence) == 3  # no kidney in this field of view: no kidney segment
     for segment, name in zip(ds.SegmentSequence, ("Liver", "Spleen", "Pancreas")):
         code = segment.SegmentedPropertyTypeCodeSequence[0]
@@ -129,7 +100,7 @@ def test_phantom_series_seg_in_patient_space(tmp_path, orientation, reverse_inst
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read) == 60, labels > 0)
     out = tmp_path / "seg.dcm"
     assert write_dicom_seg(labels, read, case.files, out, NAMES, folds=["all"])
-    ds = check_seg_against_labels(out, case.files, labels)
+    ds = check_seg_against_labels(out, case.files, labels, NAMES)
     frames_in_patient_space(ds, centre)
 
 
@@ -147,3 +118,11 @@ def test_label_without_snomed_code_is_refused(tmp_path):
     files = write_ct_series(phantom_image("axial", shape=(3, 4, 4)), tmp_path / "series")
     with pytest.raises(NnsdmError, match="label 'blob': no SNOMED CT concept named 'Blob'"):
         check_seg_source(files, {1: "liver", 2: "blob"})
+
+
+def test_snomed_codes_come_from_pydicom():
+    from nnsdm.inference.dicom_seg import snomed_code
+
+    assert snomed_code("liver") == codes.SCT.Liver and snomed_code("Liver").value == "10200004"
+    assert snomed_code("kidneys") == codes.SCT.Kidney
+    assert snomed_code("inferior_vena_cava") == codes.SCT.InferiorVenaCava

@@ -38,16 +38,21 @@ _HEADER_TAGS = [*_REQUIRED_UIDS, "InstanceNumber", "NumberOfFrames", "ImagePosit
 def snomed_code(name: str):
     """The SNOMED CT code of an organ name from pydicom's code dictionary (``"liver"`` -> Liver, 10200004).
 
+    Words become the dictionary's keyword (``"inferior vena cava"`` -> ``InferiorVenaCava``); a plural falls back to
+    the singular (``"kidneys"`` -> Kidney).
+
     Raises ``NnsdmError`` for a name the dictionary does not know.
     """
     from pydicom.sr.codedict import codes
 
     keyword = "".join(part.capitalize() for part in str(name).replace("_", " ").replace("-", " ").split())
-    try:
-        return getattr(codes.SCT, keyword)
-    except AttributeError:
-        raise NnsdmError(f"label {name!r}: no SNOMED CT concept named {keyword!r} in pydicom's code dictionary; "
-                         "rename the label in the model's dataset.json to write a DICOM SEG") from None
+    for candidate in (keyword, keyword[:-1] if keyword.endswith("s") else keyword):  # "kidneys": Kidney
+        try:
+            return getattr(codes.SCT, candidate)
+        except AttributeError:
+            pass
+    raise NnsdmError(f"label {name!r}: no SNOMED CT concept named {keyword!r} in pydicom's code dictionary; "
+                     "rename the label in the model's dataset.json to write a DICOM SEG")
 
 
 def check_seg_source(files: Sequence[str | os.PathLike], label_names: Mapping[int, str]) -> None:
