@@ -9,7 +9,6 @@ organ shapes at the frame's own position, independently of how nnsdm orders the 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pydicom
 import pytest
