@@ -139,3 +139,32 @@ def check_seg_against_labels(path: Path, files, labels: np.ndarray, names: dict[
         assert str(ds[key].value) == str(headers[0][key].value), key
     assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
     return ds
+
+
+def seg_volume_on_grid(path: Path, image: sitk.Image) -> np.ndarray:
+    """The SEG as highdicom's own volume, moved onto ``image``'s (z, y, x) grid through both affines.
+
+    Returns a boolean array (z, y, x, segments); fails unless the SEG's grid is the image's grid up to a
+    permutation and flip of the axes.
+    """
+    import highdicom as hd
+
+    volume = hd.seg.segread(path).get_volume(combine_segments=False)
+    steps = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    to_patient = np.eye(4)
+    to_patient[:3, :3], to_patient[:3, 3] = steps[:, ::-1], image.GetOrigin()  # (k, j, i) index -> LPS
+    seg_to_image = np.linalg.inv(to_patient) @ np.asarray(volume.affine)
+    matrix, offset = np.round(seg_to_image[:3, :3]).astype(int), np.round(seg_to_image[:3, 3]).astype(int)
+    assert np.allclose(seg_to_image[:3], np.c_[matrix, offset], atol=1e-3), seg_to_image
+    axes = np.argmax(np.abs(matrix), axis=1)  # image axis a is the SEG volume's axis axes[a]
+    signs = matrix[np.arange(3), axes]
+    array = np.transpose(volume.array > 0, (*axes, 3))
+    start = offset.copy()
+    for a in range(3):
+        if signs[a] < 0:
+            array, start[a] = np.flip(array, a), offset[a] - array.shape[a] + 1
+    shape = tuple(reversed(image.GetSize()))
+    assert np.all(start >= 0) and np.all(start + array.shape[:3] <= shape), (start, array.shape, shape)
+    out = np.zeros((*shape, array.shape[-1]), dtype=bool)
+    out[start[0]:start[0] + array.shape[0], start[1]:start[1] + array.shape[1], start[2]:start[2] + array.shape[2]] = array
+    return out

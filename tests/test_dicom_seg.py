@@ -13,7 +13,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from helpers_dicom import check_seg_against_labels, copy_real_series_with_uids, phantom_image, physical_points, write_ct_series
+from helpers_dicom import (check_seg_against_labels, copy_real_series_with_uids, phantom_image, physical_points,
+                           seg_volume_on_grid, write_ct_series)
 from pydicom.sr.codedict import codes
 
 from nnsdm import __version__
@@ -69,6 +70,10 @@ def test_real_series_seg_matches_labels(real_ct, tmp_path):
     assert write_dicom_seg(labels, image, case.files, out, NAMES, folds=[0, 1])
     ds = check_seg_against_labels(out, case.files, labels, NAMES)
     assert len(ds.SegmentSequence) == 3  # no kidney in this field of view: no kidney segment
+    # highdicom's own geometry of the SEG puts every organ voxel where the label map has it
+    volume = seg_volume_on_grid(out, image)
+    for number, label in enumerate((1, 3, 4)):
+        np.testing.assert_array_equal(volume[..., number], labels == label)
     for segment, name in zip(ds.SegmentSequence, ("Liver", "Spleen", "Pancreas")):
         code = segment.SegmentedPropertyTypeCodeSequence[0]
         expected = getattr(codes.SCT, name)
@@ -101,6 +106,9 @@ def test_phantom_series_seg_in_patient_space(tmp_path, orientation, reverse_inst
     assert write_dicom_seg(labels, read, case.files, out, NAMES, folds=["all"])
     ds = check_seg_against_labels(out, case.files, labels, NAMES)
     frames_in_patient_space(ds, centre)
+    volume = seg_volume_on_grid(out, read)
+    for number, label in enumerate(label for label in NAMES if np.any(labels == label)):
+        np.testing.assert_array_equal(volume[..., number], labels == label)
 
 
 def test_no_organ_writes_no_seg(tmp_path):
