@@ -21,8 +21,9 @@ from nnsdm import __version__
 from nnsdm.errors import NnsdmError
 from nnsdm.inference.dicom_seg import check_seg_source, write_dicom_seg
 from nnsdm.inference.io import find_cases, read_case
+from nnsdm.labels import FLARE21_LABELS
 
-NAMES = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"}  # the model's dataset.json labels in these tests
+NAMES = FLARE21_LABELS  # the model's dataset.json labels in these tests
 # phantom organs: (label, centre offset from the volume centre in LPS mm, radii in mm); no kidney
 ORGANS = [(1, (-8.0, -4.0, 6.0), (10.3, 8.1, 9.2)), (3, (11.0, 6.0, -7.0), (5.3, 6.2, 7.1)), (4, (2.0, 9.0, 0.0), (4.1, 3.3, 5.2))]
 

@@ -10,8 +10,9 @@ from matplotlib.image import imread
 from scipy import ndimage
 
 from nnsdm.inference.preview import OVERLAY_ALPHA, organ_colour, write_contact_sheet, write_preview
+from nnsdm.labels import FLARE21_LABELS
 
-NAMES = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"}
+NAMES = FLARE21_LABELS  # the model's dataset.json labels in these tests
 SPACING = (5.0, 2.0, 2.5)  # (z, y, x) mm
 
 

@@ -10,8 +10,9 @@ import pytest
 import SimpleITK as sitk
 
 from nnsdm.inference.statistics import COLUMNS, organ_statistics, statistics_summary, update_statistics_csv
+from nnsdm.labels import FLARE21_LABELS
 
-NAMES = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"}
+NAMES = FLARE21_LABELS  # the model's dataset.json labels in these tests
 
 
 @pytest.fixture

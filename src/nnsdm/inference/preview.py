@@ -5,9 +5,9 @@ organ voxels (the middle of the volume when no organ was found), in patient orie
 storage order: radiological convention (patient's right on the image's left; anterior up in axial
 slices, superior up in the others), every panel drawn in millimetres so anisotropic voxels keep their
 physical proportions. CT in an abdominal window (level 40, width 400 HU); organs filled in fixed colours
-(the report's) at 45% opacity; the legend lists every organ of the model with its volume, "not found"
-for an organ absent from the case. The contact sheet tiles the previews in a grid, to spot a failed
-case in a cohort at a glance.
+(:data:`nnsdm.labels.ORGAN_COLOURS`) at 45% opacity; the legend lists every organ of the model with its
+volume, "not found" for an organ absent from the case. The contact sheet tiles the previews in a grid,
+to spot a failed case in a cohort at a glance.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from nnsdm.fileio import atomic_path
 from nnsdm.inference.io import label_image
-from nnsdm.report.figures import CT_WINDOW, ORGAN_COLOURS
+from nnsdm.labels import CT_WINDOW, ORGAN_COLOURS
 
 PREVIEW_SUFFIX = "_preview.png"
 CONTACT_SHEET = "previews.png"
@@ -32,7 +32,7 @@ _FALLBACK = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "
 
 
 def organ_colour(label: int, name: str) -> str:
-    """The organ's fixed colour (the report's colours; other organs a tab10 colour by label)."""
+    """The organ's fixed colour (:data:`nnsdm.labels.ORGAN_COLOURS`; other organs a tab10 colour by label)."""
     return ORGAN_COLOURS.get(name, _FALLBACK[int(label) % len(_FALLBACK)])
 
 

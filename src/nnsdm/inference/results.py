@@ -4,6 +4,8 @@ Per case, on the input's grid: ``CASE_seg.dcm`` (:mod:`nnsdm.inference.dicom_seg
 ``CASE_preview.png`` (:mod:`nnsdm.inference.preview`); per output folder: ``statistics.csv`` (one row
 per case and organ, :mod:`nnsdm.inference.statistics`), ``summary.json`` (the same statistics per case,
 with the case's input and output files) and ``previews.png`` (the contact sheet of all cases' previews).
+A case is complete when all its files exist and, with statistics, it has rows in ``statistics.csv``
+(written after its files); ``nnsdm predict`` predicts incomplete cases again.
 """
 
 from __future__ import annotations
@@ -63,6 +65,23 @@ def write_case_extras(case: Case, labels: np.ndarray, image: sitk.Image, *, seg:
     if preview is not None:
         write_preview(labels, image, preview, names, title=case.name)
     return organ_statistics(labels, image, names, case=case.name) if statistics else None
+
+
+def record_statistics(output: Path, case: Case, files: Sequence[Path], table: pd.DataFrame) -> None:
+    """Add or replace the case's rows in ``output/statistics.csv`` and its entry in ``output/summary.json``."""
+    from nnsdm.inference.statistics import STATISTICS_FILE, update_statistics_csv
+
+    update_statistics_csv(Path(output) / STATISTICS_FILE, [table])
+    update_summary(Path(output) / SUMMARY_FILE, case, files, table)
+
+
+def write_contact_sheet(output: Path, previews: Sequence[Path | None]) -> None:
+    """The contact sheet ``output/previews.png`` of the cases' previews that exist (none: nothing written)."""
+    from nnsdm.inference import preview
+
+    found = [p for p in previews if p is not None and p.is_file()]
+    if found:
+        preview.write_contact_sheet(found, Path(output) / preview.CONTACT_SHEET)
 
 
 def update_summary(path: Path, case: Case, files: Sequence[Path], table: pd.DataFrame) -> None:
