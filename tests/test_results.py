@@ -96,3 +96,18 @@ def test_series_without_uids_is_refused_before_any_work(tmp_path, trained_model,
                 progress=False, output_format="dicom-seg")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_nifti_input_statistics_added_to_an_earlier_run(tmp_path, trained_model, phantom_dataset):
+    image = sorted((phantom_dataset / "imagesTr").glob("*_0000.nii.gz"))[0]
+    out = tmp_path / "out"
+    (label,) = predict(input=image, output=out, model=trained_model, tta=False, device="cpu", progress=False)
+    assert not (out / "statistics.csv").exists()
+    predict(input=image, output=out, model=trained_model, tta=False, device="cpu", progress=False,
+            statistics=True, preview=True)  # the case lacks its statistics: predicted again, with them
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(label)))
+    table = pd.read_csv(out / "statistics.csv", dtype={"case": str}).set_index("organ")
+    assert (table["case"] == label.name[:-7]).all()
+    np.testing.assert_array_equal(table.loc[list(FLARE21_LABELS.values()), "voxels"],
+                                  [int((labels == k).sum()) for k in FLARE21_LABELS])
+    assert (out / f"{label.name[:-7]}_preview.png").is_file() and (out / "previews.png").is_file()
