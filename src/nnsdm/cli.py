@@ -136,9 +136,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     written = predict(input=args.input, output=args.output, model=args.model, folds=args.folds, tta=not args.no_tta,
                       step_size=args.step_size, device=args.device, postprocess=args.postprocess, save_sdm=args.save_sdm,
-                      save_probabilities=args.save_probabilities, qc=args.qc, overwrite=args.overwrite,
+                      save_probabilities=args.save_probabilities, output_format=args.output_format,
+                      statistics=args.statistics, preview=args.preview, qc=args.qc, overwrite=args.overwrite,
                       cpu_precision=args.cpu_precision)
-    print(f"{len(written)} label map(s) in {args.output}; time and memory per case in {args.output / 'efficiency.csv'}")
+    what = {"nifti": "label map(s)", "dicom-seg": "DICOM SEG case(s)", "both": "label map(s) and DICOM SEGs"}[args.output_format]
+    print(f"{len(written)} {what} in {args.output}; time and memory per case in {args.output / 'efficiency.csv'}")
+    if args.statistics:
+        print(f"organ statistics in {args.output / 'statistics.csv'} and {args.output / 'summary.json'}")
+    if args.preview:
+        print(f"previews: {args.output / 'previews.png'} (contact sheet) and CASE_preview.png per case")
     if args.qc:
         print(f"quality scores per case and organ in {args.output / 'qc.csv'} (flagged: worth a look)")
     return 0
@@ -270,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment NIfTI files/folders or DICOM series with a trained model",
                        description="Segment CT scans (NIfTI file, folder of NIfTI files, DICOM series folder, or folder of DICOM series) "
-                                   "into CASE.nii.gz label maps on each input's own grid, with time and memory per case in efficiency.csv.")
+                                   "into CASE.nii.gz label maps on each input's own grid (and/or DICOM SEG objects of DICOM series), with time "
+                                   "and memory per case in efficiency.csv; optionally organ statistics and preview images.")
     p.add_argument("-i", "--input", type=Path, required=True, help="NIfTI file, folder of NIfTI files, DICOM series folder or folder of series")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--model", type=Path, required=True, help="trained model folder (.../nnsdmTrainer__nnUNetPlans__3d_fullres)")
@@ -284,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qc", action="store_true", help="score each organ (SDM head vs segmentation, and a softmax-entropy "
                    "baseline) into qc.csv and flag likely failures (SDM models)")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with the softmax probabilities")
+    p.add_argument("--output-format", choices=["nifti", "dicom-seg", "both"], default="nifti",
+                   help="nifti: CASE.nii.gz label maps (default); dicom-seg: CASE_seg.dcm, a DICOM Segmentation object "
+                        "referencing the source series (DICOM inputs only), instead; both")
+    p.add_argument("--statistics", action="store_true",
+                   help="also write statistics.csv and summary.json: per case and organ volume (ml), voxel count, "
+                        "mean/median/std HU, bounding box")
+    p.add_argument("--preview", action="store_true",
+                   help="also write CASE_preview.png (organs over axial, coronal and sagittal planes) and previews.png, "
+                        "a contact sheet of all cases")
     p.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="CPU only: bf16 autocast (as nnU-Net's fp16 on GPUs) or fp32 (default auto: bf16 where the CPU has native bf16)")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs already exist again")

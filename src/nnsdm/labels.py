@@ -11,12 +11,15 @@ from collections.abc import Mapping
 from nnsdm.errors import NnsdmError
 
 __all__ = ["FLARE21_LABELS", "FLARE21_ORGANS", "FLARE21_DATASET_LABELS", "FLARE21_KEEP", "PAIRED_ORGANS",
-           "components_kept", "keep_counts"]
+           "ORGAN_COLOURS", "CT_WINDOW", "components_kept", "keep_counts"]
 
 FLARE21_LABELS: dict[int, str] = {1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"}
 FLARE21_ORGANS: tuple[str, ...] = tuple(FLARE21_LABELS.values())
 # dataset.json's "labels" entry (name -> value) for a FLARE21-like dataset
 FLARE21_DATASET_LABELS: dict[str, int] = {"background": 0, **{name: label for label, name in FLARE21_LABELS.items()}}
+# how figures and previews show these organs: each organ's colour, and the CT window (HU) behind them
+ORGAN_COLOURS: dict[str, str] = {"liver": "#e6550d", "kidney": "#3b9ee6", "spleen": "#b53fd1", "pancreas": "#3fbf4a"}
+CT_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window: level 40, width 400 HU
 # label names that hold a pair of organs (one component each)
 PAIRED_ORGANS = frozenset({"kidney", "kidneys"})
 

@@ -2,7 +2,9 @@
 
 * :func:`predict` segments a file or folder with a trained model folder (nnU-Net's sliding window,
   mirroring and fold ensemble), optionally with signed distance maps, probabilities and post-processing,
-  and records time and memory per case in ``efficiency.csv``;
+  and records time and memory per case in ``efficiency.csv``; for DICOM series it can write DICOM SEG
+  objects instead of or beside the label maps, and for any input organ statistics and previews
+  (:mod:`nnsdm.inference.results`);
 * :func:`determine_postprocessing` decides per label, from the cross-validation, whether keeping the
   largest component helps (``predict(postprocess="cv")`` uses it);
 * :func:`flare21_memory` is the FLARE21 GPU-memory statistic.

@@ -35,6 +35,7 @@ from nnsdm.fileio import atomic_path, remove_stale_temporaries, write_image
 from nnsdm.inference.cv_postprocessing import load_postprocessing
 from nnsdm.locking import hold, lock_name
 from nnsdm.inference.efficiency import EFFICIENCY_FILE, CaseMonitor, update_efficiency_csv
+from nnsdm.inference.dicom_seg import SEG_SUFFIX
 from nnsdm.inference.io import (
     Case,
     channels_image,
@@ -45,7 +46,17 @@ from nnsdm.inference.io import (
     read_case,
     reorient,
 )
+from nnsdm.inference.preview import CONTACT_SHEET, PREVIEW_SUFFIX
 from nnsdm.inference.qc import QC_FILE, case_qc, read_qc_csv, update_qc_csv
+from nnsdm.inference.results import (
+    check_output_format,
+    organ_names,
+    record_statistics,
+    statistics_done,
+    write_case_extras,
+    write_contact_sheet,
+)
+from nnsdm.inference.statistics import STATISTICS_FILE
 from nnsdm.labels import keep_counts
 from nnsdm.model_folder import ModelFolder
 from nnsdm.orientation import majority_orientation
@@ -247,32 +258,47 @@ def sdm_to_input_grid(sdm: torch.Tensor | np.ndarray, properties: dict, plans_ma
 
 @dataclass
 class CaseOutputs:
-    """Where one case's results go."""
+    """Where one case's results go (``None``: not asked for); ``statistics``: a row per organ is asked for."""
 
-    labels: Path
+    labels: Path | None
     sdm: Path | None = None
     probabilities: Path | None = None
     properties: Path | None = None
+    seg: Path | None = None
+    preview: Path | None = None
+    statistics: bool = False
+
+    @property
+    def main(self) -> Path:
+        """The file written last, whose presence marks the case complete: the label map, else the SEG."""
+        return self.labels if self.labels is not None else self.seg
 
     def all(self) -> list[Path]:
-        return [p for p in (self.sdm, self.probabilities, self.properties, self.labels) if p is not None]
+        """Every file of the case, the main one last."""
+        extras = (self.sdm, self.probabilities, self.properties, self.preview, self.seg, self.labels)
+        return [p for p in extras if p is not None and p != self.main] + [self.main]
 
 
-def case_outputs(case: Case, output: Path, *, save_sdm: bool, save_probabilities: bool) -> CaseOutputs:
+def case_outputs(case: Case, output: Path, *, save_sdm: bool = False, save_probabilities: bool = False,
+                 output_format: str = "nifti", statistics: bool = False, preview: bool = False) -> CaseOutputs:
     return CaseOutputs(
-        labels=output / f"{case.name}.nii.gz",
+        labels=output / f"{case.name}.nii.gz" if output_format != "dicom-seg" else None,
         sdm=output / f"{case.name}{SDM_SUFFIX}.nii.gz" if save_sdm else None,
         probabilities=output / f"{case.name}.npz" if save_probabilities else None,
         properties=output / f"{case.name}.pkl" if save_probabilities else None,
+        seg=output / f"{case.name}{SEG_SUFFIX}" if output_format != "nifti" else None,
+        preview=output / f"{case.name}{PREVIEW_SUFFIX}" if preview else None,
+        statistics=statistics,
     )
 
 
 def predict_case(case: Case, model: LoadedModel, predictor, outputs: CaseOutputs, *,
-                 keep: dict[int, int] | None, qc: bool = False) -> list[dict]:
+                 keep: dict[int, int] | None, qc: bool = False) -> tuple:
     """Read, preprocess, predict, revert to the input grid, post-process and write one case.
 
-    Extra outputs are written first and the label map last, each atomically: a case whose label map
-    exists is complete. Returns the case's ``qc.csv`` rows with ``qc`` (else an empty list).
+    Extra outputs are written first and the main one (:attr:`CaseOutputs.main`) last, each atomically:
+    a case whose main output exists is complete. Returns the case's organ statistics table when asked
+    for (``outputs.statistics``, else ``None``) and its ``qc.csv`` rows with ``qc`` (else an empty list).
     """
     import SimpleITK as sitk
     from nnunetv2.configuration import default_num_processes
@@ -316,15 +342,18 @@ def predict_case(case: Case, model: LoadedModel, predictor, outputs: CaseOutputs
             np.savez_compressed(tmp, probabilities=probabilities)
         with atomic_path(outputs.properties) as tmp:  # what nnU-Net's ensembling needs to write the result
             tmp.write_bytes(pickle.dumps(nnunet_properties(image)))
-    write_image(label_image(segmentation, image), outputs.labels)
-    return rows
+    table = write_case_extras(case, segmentation, image, seg=outputs.seg, preview=outputs.preview,
+                              names=organ_names(model.dataset_json), folds=model.folds, statistics=outputs.statistics)
+    if outputs.labels is not None:
+        write_image(label_image(segmentation, image), outputs.labels)
+    return table, rows
 
 
-def _todo(plan: list, output: Path, *, overwrite: bool, qc: bool) -> list:
-    """The (case, outputs) pairs to predict: all with ``overwrite``, else those with a missing output or qc row."""
-    scored = {row["case"] for row in read_qc_csv(output / QC_FILE)} if qc else set()
-    return [(c, o) for c, o in plan
-            if overwrite or not all(p.is_file() for p in o.all()) or (qc and c.name not in scored)]
+def _add_unscored(plan: list, todo: list, output: Path) -> list:
+    """``todo`` plus the planned cases without rows in ``output/qc.csv`` (predicted before without ``qc``)."""
+    scored = {row["case"] for row in read_qc_csv(output / QC_FILE)}
+    waiting = {id(o) for _, o in todo}
+    return [(c, o) for c, o in plan if id(o) in waiting or c.name not in scored]
 
 
 def _check_sdm_options(model: LoadedModel, *, save_sdm: bool, qc: bool) -> None:
@@ -347,6 +376,23 @@ def _postprocess_rule(postprocess: str, model: LoadedModel) -> dict[int, int] | 
     return load_postprocessing(model.folder)
 
 
+def _plan(cases: list[Case], output: Path, overwrite: bool, **asked) -> tuple[list, list]:
+    """Every case with its outputs, and those still to predict (an output missing, or ``overwrite``).
+
+    Refuses outputs that would overwrite an input file.
+    """
+    plan = [(case, case_outputs(case, output, **asked)) for case in cases]
+    inputs = {p.resolve() for c in cases for p in ([c.path] if c.kind == "nifti" else [Path(f) for f in c.files])}
+    for case, outs in plan:
+        clash = [p for p in outs.all() if p.resolve() in inputs]
+        if clash:
+            raise NnsdmError(f"{clash[0]}: output would overwrite an input file; choose another output folder")
+    with_rows = statistics_done(output / STATISTICS_FILE, [c.name for c in cases]) if asked.get("statistics") else None
+    todo = [(c, o) for c, o in plan if overwrite or not all(p.is_file() for p in o.all())
+            or (with_rows is not None and c.name not in with_rows)]
+    return plan, todo
+
+
 def predict(
     *,
     input: Path,
@@ -359,12 +405,15 @@ def predict(
     postprocess: str = "none",
     save_sdm: bool = False,
     save_probabilities: bool = False,
+    output_format: str = "nifti",
+    statistics: bool = False,
+    preview: bool = False,
     qc: bool = False,
     overwrite: bool = False,
     cpu_precision: str = "auto",
     progress: bool = True,
 ) -> list[Path]:
-    """Segment every case of ``input`` into ``output/CASE.nii.gz``; return the label map paths of all cases.
+    """Segment every case of ``input`` into ``output/CASE.nii.gz``; return each case's main output path.
 
     ``input``: a NIfTI file, a folder of NIfTI files, a DICOM series folder or a folder of DICOM series
     folders. Label maps have exactly the input's size, spacing, origin and direction. Cases whose
@@ -374,11 +423,15 @@ def predict(
     :func:`nnsdm.inference.cv_postprocessing.determine_postprocessing`). ``save_sdm`` also writes
     ``CASE_sdm.nii.gz`` (4D float32, one signed distance map per foreground class, negative inside);
     ``save_probabilities`` writes nnU-Net's ``CASE.npz`` (softmax probabilities, (classes, z, y, x))
-    and ``CASE.pkl``. ``cpu_precision`` (CPU only): ``bf16`` runs the network under bfloat16 autocast
-    (as nnU-Net runs under fp16 autocast on a GPU; about 10x faster here), ``fp32`` in full precision,
-    ``auto`` picks bf16 where the CPU computes it natively. ``qc`` (SDM models) scores every organ
-    of every case in ``output/qc.csv`` (:mod:`nnsdm.inference.qc`: agreement of the SDM head with the
-    segmentation, and a softmax-entropy baseline); a case without rows there is predicted again.
+    and ``CASE.pkl``. ``output_format``: ``nifti`` (the label map), ``dicom-seg`` (``CASE_seg.dcm``, a
+    DICOM Segmentation of a DICOM series input, instead) or ``both``; ``statistics`` writes
+    ``statistics.csv`` and ``summary.json``, ``preview`` ``CASE_preview.png`` and the contact sheet
+    ``previews.png`` (see :mod:`nnsdm.inference.results`). ``cpu_precision`` (CPU only): ``bf16`` runs
+    the network under bfloat16 autocast (as nnU-Net runs under fp16 autocast on a GPU; about 10x faster
+    here), ``fp32`` in full precision, ``auto`` picks bf16 where the CPU computes it natively. ``qc`` (SDM
+    models) scores every organ of every case in ``output/qc.csv`` (:mod:`nnsdm.inference.qc`: agreement of
+    the SDM head with the segmentation, and a softmax-entropy baseline); a case without rows there is
+    predicted again.
     """
     from tqdm import tqdm
 
@@ -397,23 +450,23 @@ def predict(
     loaded = load_model(Path(model), folds=folds)
     _check_sdm_options(loaded, save_sdm=save_sdm, qc=qc)
     keep = _postprocess_rule(postprocess, loaded)
+    check_output_format(output_format, cases, organ_names(loaded.dataset_json))
 
-    plan = [(case, case_outputs(case, output, save_sdm=save_sdm, save_probabilities=save_probabilities)) for case in cases]
-    inputs = {p.resolve() for c in cases for p in ([c.path] if c.kind == "nifti" else [Path(f) for f in c.files])}
-    for case, outs in plan:
-        clash = [p for p in outs.all() if p.resolve() in inputs]
-        if clash:
-            raise NnsdmError(f"{clash[0]}: output would overwrite an input file; choose another output folder")
-    todo = _todo(plan, output, overwrite=overwrite, qc=qc)
+    plan, todo = _plan(cases, output, overwrite, save_sdm=save_sdm, save_probabilities=save_probabilities,
+                       output_format=output_format, statistics=statistics, preview=preview)
+    if qc:
+        todo = _add_unscored(plan, todo, output)
     if not todo:
         if progress:
             tqdm.write(f"all {len(cases)} case(s) already predicted in {output} (use overwrite to predict again)")
-        return [o.labels for _, o in plan]
-    with hold(output, lock_name("predict")):  # one writer per output folder
-        remove_stale_temporaries(output, [p for _, o in todo for p in o.all()])  # left by an interrupted run
-        _predict_todo(todo, loaded, output, torch_device, keep, tta=tta, step_size=step_size, save_sdm=save_sdm,
-                      qc=qc, cpu_precision=cpu_precision, skipped=len(plan) - len(todo), progress=progress)
-    return [o.labels for _, o in plan]
+    else:
+        with hold(output, lock_name("predict")):  # one writer per output folder
+            remove_stale_temporaries(output, [p for _, o in todo for p in o.all()])  # left by an interrupted run
+            _predict_todo(todo, loaded, output, torch_device, keep, tta=tta, step_size=step_size, save_sdm=save_sdm,
+                          qc=qc, cpu_precision=cpu_precision, skipped=len(plan) - len(todo), progress=progress)
+    if preview and (todo or not (output / CONTACT_SHEET).is_file()):
+        write_contact_sheet(output, [o.preview for _, o in plan])
+    return [o.main for _, o in plan]
 
 
 def _predict_todo(todo: list, loaded: LoadedModel, output: Path, torch_device, keep, *, tta: bool, step_size: float,
@@ -428,7 +481,9 @@ def _predict_todo(todo: list, loaded: LoadedModel, output: Path, torch_device, k
     for case, outs in bar:
         bar.set_postfix(case=case.name)
         with CaseMonitor(case.name, torch_device) as monitor:
-            rows = predict_case(case, loaded, predictor, outs, keep=keep, qc=qc)
+            table, rows = predict_case(case, loaded, predictor, outs, keep=keep, qc=qc)
         update_efficiency_csv(output / EFFICIENCY_FILE, [monitor.result])
+        if table is not None:
+            record_statistics(output, case, outs.all(), table)
         if qc:
             update_qc_csv(output / QC_FILE, rows)

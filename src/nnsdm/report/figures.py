@@ -1,6 +1,6 @@
 """The report's figures (matplotlib's object API with the Agg canvas: no pyplot state, no display needed).
 
-Organs have the same colour in every figure (:data:`ORGAN_COLOURS`).
+Organs have the same colour in every figure (:data:`nnsdm.labels.ORGAN_COLOURS`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import numpy as np
 import pandas as pd
 
 from nnsdm.errors import NnsdmError
-from nnsdm.labels import FLARE21_LABELS
+from nnsdm.labels import CT_WINDOW, FLARE21_LABELS, ORGAN_COLOURS
 
-ORGAN_COLOURS: dict[str, str] = {"liver": "#e6550d", "kidney": "#3b9ee6", "spleen": "#b53fd1", "pancreas": "#3fbf4a"}
 METRIC_LABELS = {"dsc": "Dice similarity coefficient (DSC)", "nsd": "Normalized surface Dice (NSD)"}
-CT_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window: level 40, width 400 HU
 DPI = 100
 
 
