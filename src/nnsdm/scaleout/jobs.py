@@ -1,0 +1,206 @@
+"""What runs inside one job: a training fold, a prediction shard, or the study's final step.
+
+:func:`run_job` is the entry point of every job, whichever launcher started it (``python -m
+nnsdm.scaleout.jobs KEY.job.json`` for the local launcher, :class:`nnsdm.scaleout.slurm.SlurmTask` on
+SLURM). Every job is idempotent: a training job resumes from its fold's latest checkpoint and does
+nothing when the fold is finished; a shard skips cases whose outputs exist. The job reports its state
+to ``KEY.state.json`` as it goes (see :mod:`nnsdm.scaleout.records`).
+
+Stopping. ``SIGUSR2`` (SLURM's warning before the time limit, or preemption) asks a training job to
+stop at the next epoch boundary: the epoch in progress finishes, ``checkpoint_latest.pth`` is written,
+and the job is requeued (on SLURM) or ends (locally), so every epoch is trained exactly once. Outside
+the epoch loop, and for shards, the job stops at once (a shard's case in progress leaves no file and
+is predicted again). ``SIGTERM`` (``scancel``, Ctrl-C through the local launcher) stops at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nnsdm.errors import NnsdmError
+from nnsdm.scaleout.records import JobRecord, load_record
+
+
+class Cancelled(BaseException):
+    """Raised in a job by SIGTERM: unwinds (temporary files are removed) and is reported as ``failed``."""
+
+
+def one_line(exc: BaseException) -> str:
+    """A one-line description of an error (NnsdmError messages are one line already)."""
+    if isinstance(exc, NnsdmError):
+        return str(exc).splitlines()[0] if str(exc) else "error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+class StopControl:
+    """Signal handling of one job: when to stop, and how (``requeue`` checkpoints the job and exits).
+
+    ``deferring`` is True while a training job is inside its epoch loop: a stop request then waits for
+    the end of the epoch (:meth:`at_epoch_end`).
+    """
+
+    def __init__(self, record: JobRecord, requeue: Callable[[], None] | None) -> None:
+        self.record = record
+        self._requeue = requeue
+        self.requested = False
+        self.deferring = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGUSR2, self._on_usr2)
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_usr2(self, signum, frame) -> None:
+        self.requested = True
+        if not self.deferring:
+            self.stop_now()
+
+    def _on_term(self, signum, frame) -> None:
+        raise Cancelled("cancelled (SIGTERM)")
+
+    def stop_now(self) -> None:
+        """Requeue (SLURM) or end (local launcher) this job now; everything needed to resume is on disk."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # SLURM's own SIGTERM after the requeue is expected
+        if self._requeue is None:
+            self.record.report(state="failed", error="stopped by SIGUSR2; run the command again to resume")
+            sys.exit(3)
+        self.record.report(state="requeued", attempts=self.record.state.attempts)
+        self._requeue()  # submitit: checkpoint(), `scontrol requeue`, sys.exit
+
+    def at_epoch_end(self, trainer) -> None:
+        """Called at every epoch boundary of a training job: report progress; stop here if asked to."""
+        dice = trainer.logger.my_fantastic_logging.get("mean_fg_dice") or [None]
+        self.record.report(state="running", done=int(trainer.current_epoch), total=int(trainer.num_epochs),
+                           pseudo_dice=None if dice[-1] is None else round(float(dice[-1]), 4))
+        if self.requested and trainer.current_epoch < trainer.num_epochs:
+            save_latest_checkpoint(trainer)
+            self.stop_now()
+
+
+def save_latest_checkpoint(trainer) -> None:
+    """``checkpoint_latest.pth`` at an epoch boundary (after nnU-Net advanced ``current_epoch``).
+
+    nnU-Net's ``save_checkpoint`` stores ``current_epoch + 1`` as it is called before the epoch counter
+    moves on; here the counter has moved already, so it is stepped back while saving.
+    """
+    trainer.current_epoch -= 1
+    try:
+        trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_latest.pth"))
+    finally:
+        trainer.current_epoch += 1
+
+
+# --- training ------------------------------------------------------------------------------------------
+
+def fold_finished(fold_folder: Path, *, validate: bool) -> bool:
+    """True when the fold has its final checkpoint (and, if asked for, its validation summary)."""
+    from nnsdm.checkpoints import FINAL_CHECKPOINT
+
+    fold_folder = Path(fold_folder)
+    return (fold_folder / FINAL_CHECKPOINT).is_file() and (
+        not validate or (fold_folder / "validation" / "summary.json").is_file())
+
+
+def _hook_epoch_end(trainer, control: StopControl) -> None:
+    original = trainer.on_epoch_end
+
+    def on_epoch_end():
+        original()
+        control.at_epoch_end(trainer)
+
+    trainer.on_epoch_end = on_epoch_end
+
+
+def _validate(trainer, *, tta: bool) -> None:
+    """nnU-Net's final validation of the fold (``fold_K/validation/``), optionally without mirroring."""
+    axes = trainer.inference_allowed_mirroring_axes
+    if not tta:
+        trainer.inference_allowed_mirroring_axes = None  # the final checkpoint keeps the axes
+    trainer.perform_actual_validation(False)
+    trainer.inference_allowed_mirroring_axes = axes
+
+
+def run_training_job(record: JobRecord, control: StopControl) -> None:
+    """Train one (fold, sdm_weight) to the end: resume from the latest checkpoint, nothing when finished."""
+    from nnsdm import training
+    from nnsdm.workspace import Workspace
+
+    spec = dict(record.spec)
+    run_options = {k: spec.pop(k) for k in ("validate", "validation_tta")}
+    workers = spec.pop("workers", None)
+    if workers is not None:
+        os.environ["nnUNet_n_proc_DA"] = str(max(0, int(workers)))
+    spec = {k: v for k, v in spec.items() if not k.startswith("_")}
+    trainer = training.build_trainer(**{**spec, "workspace": Workspace(spec["workspace"])})
+    fold_folder = Path(trainer.output_folder)
+    if fold_finished(fold_folder, validate=run_options["validate"]):
+        record.report(state="done", done=trainer.num_epochs, total=trainer.num_epochs, error=None)
+        return
+    resume = training.find_resume_checkpoint(fold_folder) is not None
+    record.report(state="running", total=trainer.num_epochs)
+    _hook_epoch_end(trainer, control)
+    control.deferring = True
+    training._run(trainer, resume=resume, validate=False)
+    control.deferring = False
+    if control.requested:  # the signal came during the last epoch: the final checkpoint is written
+        control.stop_now()
+    if run_options["validate"]:
+        _validate(trainer, tta=run_options["validation_tta"])
+    record.report(state="done", done=trainer.current_epoch, total=trainer.num_epochs, error=None)
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+
+def _runner(kind: str) -> Callable[[JobRecord, StopControl], None]:
+    if kind == "train":
+        return run_training_job
+    if kind == "predict":
+        from nnsdm.scaleout.shards import run_shard
+
+        return run_shard
+    if kind == "finalize":
+        from nnsdm.scaleout.study import run_finalize
+
+        return run_finalize
+    raise NnsdmError(f"unknown job kind {kind!r}")
+
+
+def run_job(job_file: Path, *, requeue: Callable[[], None] | None = None) -> str:
+    """Run the job described by ``job_file`` in this process and return its final state.
+
+    ``requeue`` (SLURM) checkpoints the job and puts it back in the queue; without it a stop request
+    ends the job, to be resumed by running the same command again.
+    """
+    record = load_record(Path(job_file))
+    control = StopControl(record, requeue)
+    control.install()
+    attempts = record.state.attempts + 1 if record.state.state in ("running", "requeued") else 1
+    record.report(state="running", attempts=attempts, error=None)
+    try:
+        _runner(record.kind)(record, control)
+    except (Exception, Cancelled) as exc:
+        record.report(state="failed", error=one_line(exc))
+        raise
+    return record.state.state
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nnsdm.scaleout.jobs KEY.job.json``: run one job (the local launcher's child process)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run_job(Path(argv[0]))
+    except NnsdmError as exc:
+        print(f"nnsdm: error: {exc}", file=sys.stderr)
+        return 1
+    except Cancelled as exc:
+        print(f"nnsdm: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
