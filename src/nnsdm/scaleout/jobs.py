@@ -8,8 +8,9 @@ to ``KEY.state.json`` as it goes (see :mod:`nnsdm.scaleout.records`).
 
 Stopping. ``SIGUSR2`` (SLURM's warning before the time limit, or preemption) asks a training job to
 stop at the next epoch boundary: the epoch in progress finishes, ``checkpoint_latest.pth`` is written,
-and the job is requeued (on SLURM) or ends (locally), so every epoch is trained exactly once. Outside
-the epoch loop, and for shards, the job stops at once (a shard's case in progress leaves no file and
+and the job is requeued (on SLURM) or ends (locally), so every epoch is trained exactly once and every
+run trains at least one; once no epoch is left, the fold's final validation runs to its end. Shards
+stop at once (a shard's case in progress leaves no file and
 is predicted again). ``SIGTERM`` (``scancel``, Ctrl-C through the local launcher) stops at once.
 """
 
@@ -40,8 +41,8 @@ def one_line(exc: BaseException) -> str:
 class StopControl:
     """Signal handling of one job: when to stop, and how (``requeue`` checkpoints the job and exits).
 
-    ``deferring`` is True while a training job is inside its epoch loop: a stop request then waits for
-    the end of the epoch (:meth:`at_epoch_end`).
+    ``deferring`` is True in a training job: a stop request then waits for the end of the epoch
+    (:meth:`at_epoch_end`).
     """
 
     def __init__(self, record: JobRecord, requeue: Callable[[], None] | None) -> None:
@@ -73,7 +74,7 @@ class StopControl:
 
     def at_epoch_end(self, trainer) -> None:
         """Called at every epoch boundary of a training job: report progress; stop here if asked to."""
-        dice = trainer.logger.my_fantastic_logging.get("mean_fg_dice") or [None]
+        dice = trainer.logger.local_logger.my_fantastic_logging.get("mean_fg_dice") or [None]
         self.record.report(state="running", done=int(trainer.current_epoch), total=int(trainer.num_epochs),
                            pseudo_dice=None if dice[-1] is None else round(float(dice[-1]), 4))
         if self.requested and trainer.current_epoch < trainer.num_epochs:
@@ -135,6 +136,7 @@ def run_training_job(record: JobRecord, control: StopControl) -> None:
     if workers is not None:
         os.environ["nnUNet_n_proc_DA"] = str(max(0, int(workers)))
     spec = {k: v for k, v in spec.items() if not k.startswith("_")}
+    control.deferring = True  # a stop waits for an epoch boundary: every run trains at least one epoch
     trainer = training.build_trainer(**{**spec, "workspace": Workspace(spec["workspace"])})
     fold_folder = Path(trainer.output_folder)
     if fold_finished(fold_folder, validate=run_options["validate"]):
@@ -143,12 +145,8 @@ def run_training_job(record: JobRecord, control: StopControl) -> None:
     resume = training.find_resume_checkpoint(fold_folder) is not None
     record.report(state="running", total=trainer.num_epochs)
     _hook_epoch_end(trainer, control)
-    control.deferring = True
     training._run(trainer, resume=resume, validate=False)
-    control.deferring = False
-    if control.requested:  # the signal came during the last epoch: the final checkpoint is written
-        control.stop_now()
-    if run_options["validate"]:
+    if run_options["validate"]:  # no epoch left: a stop request lets the validation finish
         _validate(trainer, tta=run_options["validation_tta"])
     record.report(state="done", done=trainer.current_epoch, total=trainer.num_epochs, error=None)
 
@@ -169,6 +167,15 @@ def _runner(kind: str) -> Callable[[JobRecord, StopControl], None]:
     raise NnsdmError(f"unknown job kind {kind!r}")
 
 
+def _limit_threads() -> None:
+    """One torch thread per CPU SLURM gave the job (torch would use every core of the node)."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit() and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        torch.set_num_threads(int(cpus))
+
+
 def run_job(job_file: Path, *, requeue: Callable[[], None] | None = None) -> str:
     """Run the job described by ``job_file`` in this process and return its final state.
 
@@ -176,6 +183,7 @@ def run_job(job_file: Path, *, requeue: Callable[[], None] | None = None) -> str
     ends the job, to be resumed by running the same command again.
     """
     record = load_record(Path(job_file))
+    _limit_threads()
     control = StopControl(record, requeue)
     control.install()
     attempts = record.state.attempts + 1 if record.state.state in ("running", "requeued") else 1

@@ -84,9 +84,9 @@ class SlurmTask(submitit.helpers.Checkpointable if submitit else object):
 def _executor(folder: Path, options: SlurmOptions, name: str):
     if submitit is None:
         raise NnsdmError("--launcher slurm: submitit is not installed (pip install 'nnsdm[slurm]')")
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=options.max_requeues)
     params = dict(timeout_min=options.time_min, slurm_signal_delay_s=options.signal_delay_s, name=name,
-                  slurm_max_num_timeout=options.max_requeues, slurm_additional_parameters=dict(options.extra))
+                  slurm_additional_parameters=dict(options.extra))
     if options.partition:
         params["slurm_partition"] = options.partition
     if options.gpus_per_job:

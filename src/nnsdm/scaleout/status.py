@@ -54,13 +54,18 @@ def format_status(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def wait(records: list[JobRecord], *, poll_s: float = 3.0, progress: bool = True) -> dict[str, str]:
-    """Block until every job has ended (done or failed), with a progress bar; return the final states."""
+def wait(records: list[JobRecord], *, poll_s: float = 3.0, progress: bool = True,
+         timeout_s: float | None = None) -> dict[str, str]:
+    """Block until every job has ended (done or failed), with a progress bar; return the final states.
+
+    ``timeout_s``: give up with an ``NnsdmError`` after that long (the jobs go on).
+    """
     from tqdm import tqdm
 
     from nnsdm.scaleout.records import load_record
 
     bar = tqdm(total=len(records), desc="jobs", unit="job", disable=not progress, dynamic_ncols=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         current = [load_record(r.job_file) for r in records]
         result = {r.key: s for r, (s, _) in zip(current, states(current))}
@@ -70,4 +75,7 @@ def wait(records: list[JobRecord], *, poll_s: float = 3.0, progress: bool = True
         if ended == len(records):
             bar.close()
             return result
+        if deadline is not None and time.monotonic() > deadline:
+            bar.close()
+            raise NnsdmError(f"{records[0].folder}: jobs still running after {timeout_s:.0f} s ({result})")
         time.sleep(poll_s)
