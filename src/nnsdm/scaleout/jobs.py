@@ -32,7 +32,7 @@ class Cancelled(BaseException):
 
 def one_line(exc: BaseException) -> str:
     """A one-line description of an error (NnsdmError messages are one line already)."""
-    if isinstance(exc, NnsdmError):
+    if isinstance(exc, (NnsdmError, Cancelled)):
         return str(exc).splitlines()[0] if str(exc) else "error"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
