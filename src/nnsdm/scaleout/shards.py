@@ -44,9 +44,9 @@ def _shard_efficiency_file(record: JobRecord) -> Path:
 
 def run_shard(record: JobRecord, control) -> None:
     """Predict this shard's cases (see the module docstring) and merge the results of all shards."""
-    from nnsdm.inference import predict as inference
     from nnsdm.inference.efficiency import CaseMonitor, update_efficiency_csv
     from nnsdm.inference.io import check_case, find_cases
+    from nnsdm.inference.predict import _postprocess_rule, case_outputs, load_model, make_predictor, predict_case
     from nnsdm.network import resolve_cpu_precision
     from nnsdm.scaleout.jobs import one_line
     from nnsdm.training import resolve_device
@@ -54,23 +54,23 @@ def run_shard(record: JobRecord, control) -> None:
     spec = record.spec
     output = Path(spec["output"])
     mine = shard_cases(find_cases(Path(spec["input"])), spec["shard"], spec["shards"])
-    plan = [(c, inference.case_outputs(c, output, save_sdm=spec["save_sdm"], save_probabilities=spec["save_probabilities"]))
+    plan = [(c, case_outputs(c, output, save_sdm=spec["save_sdm"], save_probabilities=spec["save_probabilities"]))
             for c in mine]
     todo = [(c, o) for c, o in plan if not all(p.is_file() for p in o.all())]
     failed: dict[str, str] = {}
     record.report(state="running", done=len(plan) - len(todo), total=len(plan), failed_cases=failed)
     if todo:
         device = resolve_device(spec["device"])
-        model = inference.load_model(Path(spec["model"]), folds=spec["folds"])
-        keep = inference._postprocess_rule(spec["postprocess"], model)
-        predictor = inference.make_predictor(model, device=device, tta=spec["tta"], step_size=spec["step_size"],
+        model = load_model(Path(spec["model"]), folds=spec["folds"])
+        keep = _postprocess_rule(spec["postprocess"], model)
+        predictor = make_predictor(model, device=device, tta=spec["tta"], step_size=spec["step_size"],
                                              with_sdm=spec["save_sdm"], cpu_precision=resolve_cpu_precision(spec["cpu_precision"]))
         for case, outs in todo:
             remove_partial_files(outs)
             try:
                 check_case(case)
                 with CaseMonitor(case.name, device) as monitor:
-                    inference.predict_case(case, model, predictor, outs, keep=keep)
+                    predict_case(case, model, predictor, outs, keep=keep)
                 update_efficiency_csv(_shard_efficiency_file(record), [monitor.result])
             except Exception as exc:  # one bad case fails that case only
                 failed[case.name] = one_line(exc)
