@@ -16,14 +16,21 @@ is predicted again). ``SIGTERM`` (``scancel``, Ctrl-C through the local launcher
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from nnsdm.errors import NnsdmError
+from nnsdm.model_folder import LATEST_CHECKPOINT, ModelFolder
 from nnsdm.scaleout.records import JobRecord, load_record
+from nnsdm.trainer import EpochSummary
+from nnsdm.training import TrainingOptions
+from nnsdm.workspace import Workspace
 
 
 class Cancelled(BaseException):
@@ -72,11 +79,11 @@ class StopControl:
         self.record.report(state="requeued", attempts=self.record.state.attempts)
         self._requeue()  # submitit: checkpoint(), `scontrol requeue`, sys.exit
 
-    def at_epoch_end(self, trainer) -> None:
-        """Called at every epoch boundary of a training job: report progress; stop here if asked to."""
-        dice = trainer.logger.local_logger.my_fantastic_logging.get("mean_fg_dice") or [None]
-        self.record.report(state="running", done=int(trainer.current_epoch), total=int(trainer.num_epochs),
-                           pseudo_dice=None if dice[-1] is None else round(float(dice[-1]), 4))
+    def at_epoch_end(self, trainer, summary: EpochSummary) -> None:
+        """The trainer's epoch callback in a training job: report progress; stop here if asked to."""
+        dice = float(np.mean(summary.pseudo_dice)) if summary.pseudo_dice else None
+        self.record.report(state="running", done=summary.epoch, total=summary.epochs,
+                           pseudo_dice=None if dice is None else round(dice, 4))
         if self.requested and trainer.current_epoch < trainer.num_epochs:
             save_latest_checkpoint(trainer)
             self.stop_now()
@@ -90,64 +97,44 @@ def save_latest_checkpoint(trainer) -> None:
     """
     trainer.current_epoch -= 1
     try:
-        trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_latest.pth"))
+        trainer.save_checkpoint(str(Path(trainer.output_folder) / LATEST_CHECKPOINT))
     finally:
         trainer.current_epoch += 1
 
 
 # --- training ------------------------------------------------------------------------------------------
 
-def fold_finished(fold_folder: Path, *, validate: bool) -> bool:
+def fold_finished(model: ModelFolder, fold: int | str, *, validate: bool) -> bool:
     """True when the fold has its final checkpoint (and, if asked for, its validation summary)."""
-    from nnsdm.checkpoints import FINAL_CHECKPOINT
-
-    fold_folder = Path(fold_folder)
-    return (fold_folder / FINAL_CHECKPOINT).is_file() and (
-        not validate or (fold_folder / "validation" / "summary.json").is_file())
+    return model.checkpoint(fold) is not None and (
+        not validate or (model.fold_folder(fold) / "validation" / "summary.json").is_file())
 
 
-def _hook_epoch_end(trainer, control: StopControl) -> None:
-    original = trainer.on_epoch_end
-
-    def on_epoch_end():
-        original()
-        control.at_epoch_end(trainer)
-
-    trainer.on_epoch_end = on_epoch_end
-
-
-def _validate(trainer, *, tta: bool) -> None:
-    """nnU-Net's final validation of the fold (``fold_K/validation/``), optionally without mirroring."""
-    axes = trainer.inference_allowed_mirroring_axes
-    if not tta:
-        trainer.inference_allowed_mirroring_axes = None  # the final checkpoint keeps the axes
-    trainer.perform_actual_validation(False)
-    trainer.inference_allowed_mirroring_axes = axes
+def training_options(spec: dict) -> TrainingOptions:
+    """The :class:`~nnsdm.training.TrainingOptions` of a training job's spec."""
+    fields = {k: v for k, v in spec.items() if not k.startswith("_")}
+    return TrainingOptions(**{**fields, "workspace": Workspace(fields["workspace"])})
 
 
 def run_training_job(record: JobRecord, control: StopControl) -> None:
     """Train one (fold, sdm_weight) to the end: resume from the latest checkpoint, nothing when finished."""
-    from nnsdm import training
-    from nnsdm.workspace import Workspace
+    from nnsdm.training import _run, build_trainer, validate_fold
 
-    spec = dict(record.spec)
-    run_options = {k: spec.pop(k) for k in ("validate", "validation_tta")}
-    workers = spec.pop("workers", None)
-    if workers is not None:
-        os.environ["nnUNet_n_proc_DA"] = str(max(0, int(workers)))
-    spec = {k: v for k, v in spec.items() if not k.startswith("_")}
     control.deferring = True  # a stop waits for an epoch boundary: every run trains at least one epoch
-    trainer = training.build_trainer(**{**spec, "workspace": Workspace(spec["workspace"])})
-    fold_folder = Path(trainer.output_folder)
-    if fold_finished(fold_folder, validate=run_options["validate"]):
-        record.report(state="done", done=trainer.num_epochs, total=trainer.num_epochs, error=None)
+    options = training_options(record.spec)
+    if options.workers is not None:
+        os.environ["nnUNet_n_proc_DA"] = str(max(0, int(options.workers)))
+    model = options.model_folder
+    if fold_finished(model, options.fold, validate=options.validate):
+        record.report(state="done", done=options.epochs, total=options.epochs, error=None)
         return
-    resume = training.find_resume_checkpoint(fold_folder) is not None
-    record.report(state="running", total=trainer.num_epochs)
-    _hook_epoch_end(trainer, control)
-    training._run(trainer, resume=resume, validate=False)
-    if run_options["validate"]:  # no epoch left: a stop request lets the validation finish
-        _validate(trainer, tta=run_options["validation_tta"])
+    resume = model.resume_checkpoint(options.fold) is not None
+    trainer = build_trainer(options)
+    trainer.epoch_callback = lambda summary: control.at_epoch_end(trainer, summary)
+    record.report(state="running", total=options.epochs)
+    _run(trainer, dataclasses.replace(options, resume=resume, validate=False))
+    if options.validate:  # no epoch left: a stop request lets the validation finish
+        validate_fold(trainer, tta=options.validation_tta)
     record.report(state="done", done=trainer.current_epoch, total=trainer.num_epochs, error=None)
 
 

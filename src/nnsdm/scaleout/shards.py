@@ -46,10 +46,9 @@ def run_shard(record: JobRecord, control) -> None:
     """Predict this shard's cases (see the module docstring) and merge the results of all shards."""
     from nnsdm.inference.efficiency import CaseMonitor, update_efficiency_csv
     from nnsdm.inference.io import check_case, find_cases
+    from nnsdm.device import resolve_cpu_precision, resolve_device
     from nnsdm.inference.predict import _postprocess_rule, case_outputs, load_model, make_predictor, predict_case
-    from nnsdm.network import resolve_cpu_precision
     from nnsdm.scaleout.jobs import one_line
-    from nnsdm.training import resolve_device
 
     spec = record.spec
     output = Path(spec["output"])

@@ -50,16 +50,16 @@ def training_records(*, workspace: Workspace, folds: Sequence[int | str], sdm_we
                      dataset: str | None, options: dict, finalize: bool = False) -> list[JobRecord]:
     """One training job per (fold, sdm_weight), plus the final postprocessing + report job if asked.
 
-    ``options`` are :func:`nnsdm.training.train`'s keyword arguments other than workspace, fold,
-    dataset, sdm_weight, resume and gpus.
+    ``options``: :class:`nnsdm.training.TrainingOptions` fields other than workspace, fold, dataset,
+    sdm_weight, resume, gpus and epoch_callback; every combination is checked before anything is written.
     """
-    from nnsdm.training import parse_fold, trainer_class
+    from nnsdm.training import TrainingOptions, parse_fold
 
     name = workspace.dataset_name(dataset)
     parsed = list(dict.fromkeys(parse_fold(f) for f in folds))
     weights = list(dict.fromkeys(float(w) for w in sdm_weights))
     for w in weights:
-        trainer_class(w)  # a negative weight is a one-line error before anything is written
+        TrainingOptions(workspace=workspace, fold=parsed[0], dataset=name, sdm_weight=w, **options)  # one-line errors
     if any(f != "all" for f in parsed):
         ensure_splits(workspace, name)
     folder = workspace.root / JOBS_FOLDER
@@ -81,24 +81,22 @@ def run_finalize(record: JobRecord, control) -> None:
     """Once every training job's fold is finished: decide post-processing per model, write the report."""
     from nnsdm.inference import determine_postprocessing
     from nnsdm.report import write_report
-    from nnsdm.scaleout.jobs import fold_finished
+    from nnsdm.scaleout.jobs import fold_finished, training_options
     from nnsdm.scaleout.records import load_record
-    from nnsdm.training import trainer_class
 
     workspace = Workspace(record.spec["workspace"]).activate()
-    models, missing = set(), []
+    models, missing = {}, []
     for key in record.spec["training"]:
-        spec = load_record(record.folder / f"{key}.job.json").spec
-        model = (workspace.results / spec["dataset"]
-                 / f"{trainer_class(spec['sdm_weight']).__name__}__nnUNetPlans__3d_fullres")
-        if not fold_finished(model / f"fold_{spec['fold']}", validate=spec.get("validate", True)):
-            missing.append(f"fold {spec['fold']} sdm-weight {_weight_text(spec['sdm_weight'])}")
-        models.add(model)
+        options = training_options(load_record(record.folder / f"{key}.job.json").spec)
+        model = options.model_folder
+        if not fold_finished(model, options.fold, validate=options.validate):
+            missing.append(f"fold {options.fold} sdm-weight {_weight_text(options.sdm_weight)}")
+        models[model.path] = model
     if missing:
         raise NnsdmError(f"{workspace.root}: training not finished for {', '.join(missing)}")
-    for model in sorted(models):
-        if any(p.is_dir() for p in model.glob("fold_[0-4]/validation")):
-            determine_postprocessing(model, progress=False)
+    for path in sorted(models):
+        if models[path].folds(holding=("validation",)):
+            determine_postprocessing(path, progress=False)
     write_report(workspace=workspace, dataset=record.spec["dataset"], progress=False)
     record.report(state="done", done=1, total=1)
 
@@ -110,14 +108,20 @@ def prediction_records(*, input: Path, output: Path, model: Path, shards: int, o
     save_sdm, save_probabilities and cpu_precision.
     """
     from nnsdm.inference import find_cases, load_model
+    from nnsdm.inference.predict import _postprocess_rule
 
     if shards < 1:
         raise NnsdmError(f"--shards {shards}: must be >= 1")
     output = Path(output).resolve()
     if output.exists() and not output.is_dir():
         raise NnsdmError(f"{output}: output exists and is not a folder")
+    if not 0 < float(options["step_size"]) <= 1:
+        raise NnsdmError(f"--step-size {options['step_size']}: must be in (0, 1]")
     cases = find_cases(Path(input))
-    load_model(Path(model), folds=options.get("folds"))  # a broken model folder fails here, not in N jobs
+    loaded = load_model(Path(model), folds=options.get("folds"))  # a broken model folder fails here, not in N jobs
+    if options.get("save_sdm") and loaded.num_sdm_channels == 0:
+        raise NnsdmError(f"{loaded.folder}: model has no SDM head (trained with sdm_weight 0); --save-sdm needs an SDM model")
+    _postprocess_rule(options["postprocess"], loaded)
     shards = min(shards, len(cases))
     submission = uuid.uuid4().hex
     folder = output / JOBS_FOLDER
