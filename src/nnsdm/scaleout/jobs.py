@@ -56,7 +56,7 @@ class StopControl:
         self.record = record
         self._requeue = requeue
         self.requested = False
-        self.deferring = False
+        self.deferring = record.kind == "train"  # from the start: every run trains at least one epoch
 
     def install(self) -> None:
         signal.signal(signal.SIGUSR2, self._on_usr2)
@@ -74,7 +74,9 @@ class StopControl:
         """Requeue (SLURM) or end (local launcher) this job now; everything needed to resume is on disk."""
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # SLURM's own SIGTERM after the requeue is expected
         if self._requeue is None:
-            self.record.report(state="failed", error="stopped by SIGUSR2; run the command again to resume")
+            done = self.record.state.done
+            where = f"after epoch {done} (checkpoint written)" if self.record.kind == "train" else f"after {done} case(s)"
+            self.record.report(state="failed", error=f"stopped {where}; run the same command again to resume")
             sys.exit(3)
         self.record.report(state="requeued", attempts=self.record.state.attempts)
         self._requeue()  # submitit: checkpoint(), `scontrol requeue`, sys.exit
@@ -120,7 +122,6 @@ def run_training_job(record: JobRecord, control: StopControl) -> None:
     """Train one (fold, sdm_weight) to the end: resume from the latest checkpoint, nothing when finished."""
     from nnsdm.training import _run, build_trainer, validate_fold
 
-    control.deferring = True  # a stop waits for an epoch boundary: every run trains at least one epoch
     options = training_options(record.spec)
     if options.workers is not None:
         os.environ["nnUNet_n_proc_DA"] = str(max(0, int(options.workers)))
