@@ -6,7 +6,7 @@ shard has ended for 1 and 2 shards side by side with their ratio, and the submis
 ``sbatch`` time, and the time from submission until a job's Python process reports ``running``
 (queueing, start-up, imports). Goal: 2 shards at least 1.3x faster than 1 on 2 cores.
 
-Usage: ``python benchmarks/slurm_predict.py [--model MODEL] [--cases 12]`` (without ``--model`` a
+Usage: ``python benchmarks/slurm_predict.py [--model MODEL] [--cases 16]`` (without ``--model`` a
 tiny model is planned and trained first, about 2 minutes).
 """
 
@@ -70,19 +70,19 @@ def run(model: Path, cohort: Path, out: Path, shards: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="trained model folder (default: train a tiny one)")
-    parser.add_argument("--cases", type=int, default=12, help="cohort size (default 12)")
+    parser.add_argument("--cases", type=int, default=16, help="cohort size (default 16)")
     args = parser.parse_args()
     from nnsdm.phantom import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = args.model or tiny_model(tmp)
-        cohort = generate_dataset(tmp / "cohort", cases=args.cases, seed=5, shape=(32, 96, 96), spacing=(5.0, 2.5, 2.5))
+        cohort = generate_dataset(tmp / "cohort", cases=args.cases, seed=5)  # 64x160x160 at 2.5x0.8x0.8 mm
         images = cohort / "imagesTr"
         one = run(model, images, tmp / "one", 1)
         two = run(model, images, tmp / "two", 2)
     speedup = one["wall"] / two["wall"]
-    print(f"cohort prediction on the local SLURM cluster, {args.cases} cases of 32x96x96, one torch thread per job "
+    print(f"cohort prediction on the local SLURM cluster, {args.cases} phantom cases of about 64x160x160, one torch thread per job "
           f"({cpu_name()})")
     print(f"  1 shard : {one['wall']:6.1f} s   2 shards: {two['wall']:6.1f} s   ratio {speedup:.2f}x "
           f"(goal >= {GOAL}x: {'met' if speedup >= GOAL else 'NOT MET'})")
