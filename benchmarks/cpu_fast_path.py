@@ -71,7 +71,7 @@ def main() -> None:
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
     from nnsdm.device import cpu_bf16_supported, use_cpu_fast_path
-    from nnsdm.training import SegAndSDMLoss
+    from nnsdm.trainer import SegAndSDMLoss
 
     if args.threads:
         torch.set_num_threads(args.threads)

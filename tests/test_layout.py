@@ -11,6 +11,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "nnsdm"
 LAYERS = ["cli", "scaleout", "demo", "report", "inference", "evaluation", "export", "training", "trainer", "phantom",
           "postprocessing", "model_folder", "planning", "datasets", "checkpoints", "device", "network", "sdm",
           "orientation", "labels", "workspace", "fileio", "errors"]
+# siblings that must not import each other either way: prediction needs no training code
+SIDEWAYS = {("inference", "training"), ("inference", "trainer")}
 MAX_FUNCTION_LINES = 80
 
 
@@ -19,7 +21,7 @@ def _modules():
         yield path, path.relative_to(SRC).with_suffix("").parts, ast.parse(path.read_text(encoding="utf-8"))
 
 
-def test_imports_run_downward():
+def test_imports_run_downward_and_inference_takes_nothing_from_training():
     rank = {name: i for i, name in enumerate(LAYERS)}
     upward = []
     for path, parts, tree in _modules():
@@ -29,7 +31,7 @@ def test_imports_run_downward():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nnsdm."):
                 other = node.module.split(".")[1]
-                if other != me and other in rank and rank[other] < rank[me]:
+                if other != me and other in rank and rank[other] < rank[me] or (me, other) in SIDEWAYS:
                     upward.append(f"{path.relative_to(SRC)}:{node.lineno} imports {node.module}")
     assert not upward, upward
 
@@ -53,3 +55,17 @@ def test_checkpoints_are_read_in_one_place_and_the_metadata_file_is_named_once()
                 names.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not loads, f"torch.load outside nnsdm.checkpoints.read_checkpoint: {loads}"
     assert not names, f'"nnsdm.json" outside nnsdm.model_folder.METADATA_FILE: {names}'
+
+
+def test_benchmarks_import_what_nnsdm_has():
+    """The benchmarks are not run by the tests; their imports of nnsdm are checked here."""
+    import importlib
+
+    missing = []
+    for path in sorted((SRC.parents[1] / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "nnsdm":
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name)]
+    assert not missing, missing
