@@ -108,6 +108,7 @@ def predict_jobs(args: argparse.Namespace) -> int:
                    postprocess=args.postprocess, save_sdm=args.save_sdm, save_probabilities=args.save_probabilities,
                    cpu_precision=args.cpu_precision)
     records = prediction_records(input=args.input, output=args.output, model=args.model, shards=args.shards, options=options)
+    args.launcher = args.launcher or "local"
     code = launch(records, args, follow=f"nnsdm status {args.output}", use_gpus=args.device != "cpu")
     failures = Path(args.output) / FAILURES_FILE
     if (args.wait or args.launcher == "local") and failures.is_file():
