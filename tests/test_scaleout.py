@@ -170,10 +170,11 @@ def test_two_fold_cv_on_slurm_matches_the_local_launcher(slurm, planned_workspac
 def test_preempted_training_job_is_requeued_and_trains_every_epoch_once(slurm, planned_workspace, tmp_path):
     workspace = _copy_workspace(planned_workspace, tmp_path / "ws")
     budget = [w if w != "2" else "4" for w in BUDGET]  # 4 epochs
-    # a 3-minute time limit with SLURM's warning 120 s before it (sent 30-60 s into each run, as SLURM checks
-    # every 30 s): on a slow machine the training outlasts it and each run is requeued at an epoch boundary
+    # a 6-minute time limit with SLURM's warning 300 s before it (sent 30-60 s into each run, as SLURM checks
+    # every 30 s): on a slow machine the training outlasts it and each run is requeued at an epoch boundary;
+    # the last run has 5 minutes for its final validation
     assert main(["train", "--workspace", str(workspace.root), "--fold", "0", *budget, *SLURM,
-                 "--slurm-time", "3", "--slurm-signal-delay", "120"]) == 0
+                 "--slurm-time", "6", "--slurm-signal-delay", "300"]) == 0
     record = load_records(workspace.root / "nnsdm_jobs")[0]
     # and, so that a fast machine sees one too, a preemption (SLURM's SIGUSR2 to the running job) after epoch 1
     _wait_until(lambda: load_record(record.job_file).state.done >= 1)
