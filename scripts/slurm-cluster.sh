@@ -68,8 +68,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$((mem_mb / cpus))
 ReturnToService=2
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2
+SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=1,default_queue_depth=1000
 MinJobAge=300
 KillWait=5
 InactiveLimit=0
