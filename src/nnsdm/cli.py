@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nnsdm import __version__
 from nnsdm.errors import NnsdmError
+from nnsdm.scaleout.commands import add_launcher_options
 from nnsdm.workspace import DEFAULT_WORKSPACE, Workspace
 
 
@@ -103,7 +104,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from nnsdm.training import train
 
-    model = train(workspace=Workspace(args.workspace), fold=args.fold, dataset=args.dataset, sdm_weight=args.sdm_weight,
+    if args.launcher or len(args.fold) > 1 or len(args.sdm_weight) > 1:
+        from nnsdm.scaleout.commands import train_jobs
+
+        return train_jobs(args)
+    model = train(workspace=Workspace(args.workspace), fold=args.fold[0], dataset=args.dataset, sdm_weight=args.sdm_weight[0],
                   epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, val_iterations=args.val_iterations,
                   save_every=args.save_every, device=args.device, optimizer=args.optimizer, learning_rate=args.lr,
                   mirroring=not args.no_mirroring, cpu_precision=args.cpu_precision, resume=args.resume,
@@ -134,6 +139,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from nnsdm.inference import predict
 
+    if args.launcher or args.shards != 1:
+        from nnsdm.scaleout.commands import predict_jobs
+
+        return predict_jobs(args)
+
     written = predict(input=args.input, output=args.output, model=args.model, folds=args.folds, tta=not args.no_tta,
                       step_size=args.step_size, device=args.device, postprocess=args.postprocess, save_sdm=args.save_sdm,
                       save_probabilities=args.save_probabilities, output_format=args.output_format,
@@ -148,6 +158,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.qc:
         print(f"quality scores per case and organ in {args.output / 'qc.csv'} (flagged: worth a look)")
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from nnsdm.scaleout.commands import show_status
+
+    return show_status(args.output if args.output is not None else args.workspace)
 
 
 def _cmd_postprocessing(args: argparse.Namespace) -> int:
@@ -240,12 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the SDM model on one fold (nnU-Net trainer + SDM head)",
                        description="Train nnU-Net with the signed-distance-map head on one cross-validation fold of the workspace's planned dataset.")
     _add_workspace(p)
-    p.add_argument("--fold", default="0", help="0, 1, 2, 3, 4, or all (train on every case) (default 0)")
+    p.add_argument("--fold", nargs="+", default=["0"],
+                   help="0, 1, 2, 3, 4, or all (train on every case) (default 0); several folds run as jobs (see --launcher)")
     p.add_argument("--dataset", help="dataset name or id, when the workspace holds several")
     p.add_argument("--epochs", type=_positive_int, default=1000, help="epochs (default 1000, nnU-Net's; the paper's SDM model ran 100)")
     p.add_argument("--iterations-per-epoch", type=_positive_int, default=250, help="training iterations per epoch (default 250)")
     p.add_argument("--val-iterations", type=_positive_int, help="validation iterations per epoch (default: a fifth of the training iterations)")
-    p.add_argument("--sdm-weight", type=float, default=1.0, help="weight of the SDM loss; 0 trains the plain nnU-Net baseline (default 1)")
+    p.add_argument("--sdm-weight", type=float, nargs="+", default=[1.0],
+                   help="weight of the SDM loss; 0 trains the plain nnU-Net baseline (default 1); several weights run as jobs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device (default: CUDA if available)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
                    help="sgd: nnU-Net's (Nesterov momentum 0.99, the paper's); adamw: short-budget recipe of the demo")
@@ -260,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=_positive_int, default=1, help="GPUs for distributed data-parallel training (default 1)")
     p.add_argument("--no-validation", action="store_true", help="skip the final validation of the fold")
     p.add_argument("--validation-no-tta", action="store_true", help="final validation without mirroring (8x faster on a CPU)")
+    add_launcher_options(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("export", help="write a stock nnU-Net model folder without the SDM head",
@@ -303,7 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="CPU only: bf16 autocast (as nnU-Net's fp16 on GPUs) or fp32 (default auto: bf16 where the CPU has native bf16)")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs already exist again")
+    add_launcher_options(p, predict=True)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("status", help="where the jobs of a workspace or a sharded prediction stand",
+                       description="A table of the jobs started with --launcher (training folds or prediction shards): state, "
+                                   "epochs or cases done, last pseudo Dice, log. Read from disk: works for every launcher, "
+                                   "after the submitting command has ended, and without SLURM accounting.")
+    p.add_argument("output", type=Path, nargs="?", help="a prediction output folder (default: the workspace's training jobs)")
+    _add_workspace(p)
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("postprocessing", help="decide per label from the cross-validation whether largest-component post-processing helps",
                        description="Compare each label's cross-validation Dice with and without keeping the largest components "

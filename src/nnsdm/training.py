@@ -175,11 +175,16 @@ def _run(trainer, options: TrainingOptions) -> None:
         _stop_data_loaders(trainer)
         raise
     if options.validate:
-        axes = trainer.inference_allowed_mirroring_axes
-        if not options.validation_tta:
-            trainer.inference_allowed_mirroring_axes = None  # the final checkpoint is already written
-        trainer.perform_actual_validation(False)
-        trainer.inference_allowed_mirroring_axes = axes
+        validate_fold(trainer, tta=options.validation_tta)
+
+
+def validate_fold(trainer, *, tta: bool = True) -> None:
+    """nnU-Net's final validation of the trained fold (``fold_K/validation/``); ``tta=False`` without mirroring."""
+    axes = trainer.inference_allowed_mirroring_axes
+    if not tta:
+        trainer.inference_allowed_mirroring_axes = None  # the final checkpoint is already written
+    trainer.perform_actual_validation(False)
+    trainer.inference_allowed_mirroring_axes = axes
 
 
 def _stop_data_loaders(trainer) -> None:

@@ -483,7 +483,12 @@ def _predict_todo(todo: list, loaded: LoadedModel, output: Path, torch_device, k
         with CaseMonitor(case.name, torch_device) as monitor:
             table, rows = predict_case(case, loaded, predictor, outs, keep=keep, qc=qc)
         update_efficiency_csv(output / EFFICIENCY_FILE, [monitor.result])
-        if table is not None:
-            record_statistics(output, case, outs.all(), table)
-        if qc:
-            update_qc_csv(output / QC_FILE, rows)
+        record_case_tables(output, case, outs, table, rows, qc=qc)
+
+
+def record_case_tables(output: Path, case: Case, outs: CaseOutputs, table, rows: list, *, qc: bool) -> None:
+    """Add a predicted case's organ statistics (when asked for) and QC rows to the output folder's tables."""
+    if table is not None:
+        record_statistics(output, case, outs.all(), table)
+    if qc:
+        update_qc_csv(output / QC_FILE, rows)
