@@ -64,6 +64,10 @@ DEFAULTS = {
     "learning_rate": 3e-3,
 }
 VAL_ITERATIONS = 4  # validation batches per epoch: only feed nnU-Net's pseudo Dice curve (fold 'all')
+# Without --epochs the demo trains as many epochs as fit TRAIN_TIME_LIMIT_S on this machine (nnsdm.budget),
+# at least MIN_EPOCHS (held-out accuracy still meets the README's bar there), at most DEFAULTS["epochs"].
+TRAIN_TIME_LIMIT_S = 660.0
+MIN_EPOCHS = 12
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -205,6 +209,31 @@ def _train(workspace, *, sdm_weight: float, seed: int, epochs: int, iterations: 
     return Path(model).resolve()
 
 
+def _choose_budget(workspace, *, device: str, iterations: int, workers: int, learning_rate: float):
+    """Epochs for this machine (:mod:`nnsdm.budget`): the demo's training step timed on a synthetic batch."""
+    import torch
+
+    from nnsdm.budget import choose_epochs, measure_step_seconds
+    from nnsdm.training import build_trainer
+
+    os.environ["nnUNet_n_proc_DA"] = str(workers)  # the thread count training will use depends on it
+    threads = torch.get_num_threads()
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer = build_trainer(workspace=workspace, fold="all", epochs=DEFAULTS["epochs"], iterations_per_epoch=iterations,
+                                device=device, optimizer="adamw", learning_rate=learning_rate, mirroring=False)
+        try:
+            trainer.initialize()
+            step = measure_step_seconds(trainer)
+        finally:
+            torch.set_num_threads(threads)
+            log = getattr(trainer, "log_file", None)
+            if log and os.path.isfile(log):
+                os.remove(log)  # the measurement is not a training run
+    limit = TRAIN_TIME_LIMIT_S if trainer.device.type == "cpu" else float("inf")
+    return choose_epochs(step, iterations=iterations, val_iterations=VAL_ITERATIONS, time_limit_s=limit,
+                         min_epochs=min(MIN_EPOCHS, DEFAULTS["epochs"]), max_epochs=DEFAULTS["epochs"])
+
+
 def _training_precision(model: Path) -> str | None:
     """The CPU precision the trainer recorded in the model's nnsdm.json (None on CUDA)."""
     from nnsdm.training import METADATA_FILE
@@ -244,7 +273,7 @@ def run_demo(
     seed: int = DEFAULTS["seed"],
     shape: tuple[int, int, int] = DEFAULTS["shape"],
     spacing: tuple[float, float, float] = DEFAULTS["spacing"],
-    epochs: int = DEFAULTS["epochs"],
+    epochs: int | None = None,
     iterations: int = DEFAULTS["iterations"],
     learning_rate: float = DEFAULTS["learning_rate"],
     tta: bool = False,
@@ -256,7 +285,7 @@ def run_demo(
     """Run the demo pipeline into ``out`` and return the summary that is also written to ``out/summary.json``.
 
     ``epochs`` x ``iterations`` is the training budget (nnU-Net's poly learning-rate schedule runs over
-    it), ``learning_rate`` the initial rate of the demo's AdamW recipe (see :func:`_train`); ``tta``
+    it; ``epochs`` None chooses them from this machine's speed, see :data:`TRAIN_TIME_LIMIT_S`), ``learning_rate`` the initial rate of the demo's AdamW recipe (see :func:`_train`); ``tta``
     mirrors at prediction (only for a model trained with mirroring: the demo's is not); ``workers``:
     augmentation processes per data loader (default: CPU cores - 1, at least 1, at most 4); ``processes``: planning/preprocessing processes (default: nnsdm's). ``shape`` and
     ``spacing`` are the phantoms' nominal (z, y, x) grid. Summary keys: ``dsc``, ``nsd`` (held-out mean
@@ -264,7 +293,8 @@ def run_demo(
     ``nnsdm predict --model``), ``report``, ``stages`` (seconds each), ``config``; with ``ablation`` also
     ``baseline`` (the same scores for the sdm_weight 0 model) and ``ablation`` (rows of ablation.csv).
     """
-    _check_options(train_cases=train_cases, test_cases=test_cases, epochs=epochs, iterations=iterations)
+    _check_options(train_cases=train_cases, test_cases=test_cases, iterations=iterations,
+                   **({"epochs": epochs} if epochs is not None else {}))
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise NnsdmError(f"--seed {seed}: must be a non-negative whole number")
     from nnsdm.training import resolve_device
@@ -288,7 +318,7 @@ def run_demo(
     from nnsdm.report import write_report
     from nnsdm.workspace import Workspace
 
-    stages = _Stages(10 if ablation else 6, progress)
+    stages = _Stages((10 if ablation else 6) + (epochs is None), progress)
     load_start = os.getloadavg()
     workspace = Workspace(out / "workspace")
     train_raw, test_raw = out / "data" / "phantom_train", out / "data" / "test"
@@ -307,6 +337,16 @@ def run_demo(
         done["text"] = (f"spacing {'x'.join(f'{s:.2f}' for s in planned.spacing)} mm, patch "
                         f"{'x'.join(map(str, planned.patch_size))}, batch {planned.batch_size}, "
                         f"{len(planned.features_per_stage)} stages, {planned.parameters:,} parameters")
+
+    budget = None
+    if epochs is None:
+        with stages.stage("budget", f"time the training step, choose epochs (limit {_fmt_seconds(TRAIN_TIME_LIMIT_S)} "
+                                    "of training on a CPU)") as done:
+            budget = _choose_budget(workspace, device=device, iterations=iterations, workers=workers,
+                                    learning_rate=learning_rate)
+            epochs = budget.epochs
+            done["text"] = (f"{budget.step_seconds:.3f} s per step, {epochs} epochs x {iterations} iterations, "
+                            f"about {_fmt_seconds(budget.estimated_training_seconds)} of training")
 
     runs = [("SDM model", 1.0, "predictions", "evaluation")]
     if ablation:
@@ -358,7 +398,8 @@ def run_demo(
                    "preset": "cpu-small", "plan_spacing": planned.spacing, "patch_size": planned.patch_size,
                    "batch_size": planned.batch_size, "features_per_stage": planned.features_per_stage,
                    "parameters": planned.parameters},
-        "machine": {"cpu_count": os.cpu_count(), "load_average_start": [round(v, 2) for v in load_start],
+        "budget": budget.as_dict() if budget is not None else None,
+        "machine": {"cpu_count": os.cpu_count(), "cpu_features": _cpu_features(), "load_average_start": [round(v, 2) for v in load_start],
                     "load_average_end": [round(v, 2) for v in os.getloadavg()]},
     }
     if comparison is not None:
@@ -373,6 +414,15 @@ def run_demo(
         stages.say(f"done in {_fmt_seconds(result['seconds'])}; summary: {out / 'summary.json'}")
         stages.say(f"report: {report / 'report.html'}")
     return result
+
+
+def _cpu_features() -> str:
+    """What decides the CPU's speed here: the instruction set PyTorch uses and whether bf16 is native."""
+    import torch
+
+    from nnsdm.network import cpu_bf16_supported
+
+    return f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_bf16_supported() else 'no'}"
 
 
 def _compare(sdm_metrics: Path, baseline_metrics: Path, path: Path):

@@ -19,6 +19,8 @@ nnU-Net state dict (see :func:`strip_sdm_head`).
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -129,9 +131,21 @@ def resolve_cpu_precision(cpu_precision: str) -> str:
     return cpu_precision
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bf16 convolutions are emulated there
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 convolutions pay off."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 convolutions pay off.
+
+    Honours the instruction-set caps PyTorch and oneDNN honour (``ATEN_CPU_CAPABILITY`` below AVX512,
+    ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16): under them bf16 runs emulated, as on a CPU without it.
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     try:
+        if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+            return False
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):  # private torch helpers: treat their absence as "no"
         return False

@@ -45,18 +45,24 @@ class SDMTargetTransform(BasicTransform):
     (spacing = planned spacing / scale).
     """
 
-    def __init__(self, classes, spacing, ds_scales) -> None:
+    def __init__(self, classes, spacing, ds_scales, weights=None) -> None:
         super().__init__()
         self.classes = tuple(int(c) for c in classes)
         self.spacing = tuple(float(s) for s in spacing)
         self.ds_scales = [tuple(s) for s in ds_scales] if ds_scales is not None else None
+        # loss weight per scale: a scale whose weight is 0 gets an empty placeholder, not a target nobody reads
+        self.weights = [float(w) for w in weights] if weights is not None else None
 
     def apply(self, data_dict: dict, **params) -> dict:
         seg = data_dict["segmentation"]
         segs = list(seg) if isinstance(seg, (list, tuple)) else [seg]
         scales = self.ds_scales or [(1.0,) * len(self.spacing)]
+        weights = self.weights or [1.0] * len(scales)
         sdms = []
-        for s, scale in zip(segs, scales):
+        for s, scale, weight in zip(segs, scales, weights):
+            if weight == 0:
+                sdms.append(torch.zeros(0))
+                continue
             spacing = [sp / f for sp, f in zip(self.spacing, scale)]
             labels = s[0].numpy() if isinstance(s, torch.Tensor) else np.asarray(s[0])
             sdms.append(torch.from_numpy(signed_distance_map(labels, self.classes, spacing)))
@@ -132,6 +138,13 @@ def trainer_class(sdm_weight: float):
             super().initialize()
             if self.device.type == "cpu":
                 use_cpu_fast_path(self.network, bf16=self.cpu_precision_used == "bf16")
+                self._threads_before = torch.get_num_threads()
+                torch.set_num_threads(cpu_training_threads())
+
+        def on_train_end(self):
+            super().on_train_end()
+            if getattr(self, "_threads_before", None):
+                torch.set_num_threads(self._threads_before)  # prediction afterwards uses every core again
 
         @property
         def cpu_precision_used(self) -> str | None:
@@ -156,8 +169,9 @@ def trainer_class(sdm_weight: float):
         # --- targets -------------------------------------------------------------------------------
         def _with_sdm_targets(self, compose, deep_supervision_scales):
             if self.sdm_weight > 0:
+                weights = getattr(getattr(self, "loss", None), "ds_weights", None)  # set by initialize()
                 compose.transforms.append(SDMTargetTransform(self.label_manager.foreground_labels,
-                                              self.configuration_manager.spacing, deep_supervision_scales))
+                                          self.configuration_manager.spacing, deep_supervision_scales, weights))
             return compose
 
         def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
@@ -305,6 +319,19 @@ def plot_sdm_progress(log: dict, path: Path) -> None:
         fig.tight_layout()
         fig.savefig(tmp, dpi=80)
         plt.close(fig)
+
+
+def cpu_training_threads(cores: int | None = None) -> int:
+    """Torch threads for training on a CPU: the cores nnU-Net's augmentation workers leave free, at least 1.
+
+    On 2 cores with one worker that is 1 thread: the step and the augmentation (with the SDM targets) each
+    get a core. Two torch threads beside a busy worker would share 2 cores among 3 busy threads, and the
+    step's threads stall at every synchronisation point while one of them waits for a core.
+    """
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores - get_allowed_n_proc_DA())
 
 
 def resolve_device(device: str) -> torch.device:
