@@ -3,7 +3,7 @@
 Three copies of the same SDM network (same weights, same batch) run side by side in one process:
 
 * ``nnU-Net default``: contiguous (NCDHW) tensors in float32, as nnU-Net trains on a CPU;
-* ``channels-last fp32``: :func:`nnsdm.network.use_cpu_fast_path` with ``bf16=False``
+* ``channels-last fp32``: :func:`nnsdm.device.use_cpu_fast_path` with ``bf16=False``
   (``nnsdm train --cpu-precision fp32``, and ``auto`` on CPUs without native bf16);
 * ``channels-last bf16``: the same with bfloat16 autocast (``--cpu-precision bf16``, the default on CPUs
   with native bf16).
@@ -73,8 +73,8 @@ def main() -> None:
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-    from nnsdm.network import cpu_bf16_supported, use_cpu_fast_path
-    from nnsdm.training import SegAndSDMLoss
+    from nnsdm.device import cpu_bf16_supported, use_cpu_fast_path
+    from nnsdm.trainer import SegAndSDMLoss
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -129,7 +129,7 @@ def main() -> None:
         results[label] = time_trainer(trainer, args.iterations, args.warmup)
 
     base, without, ours = results["plain nnU-Net"], results["nnsdm sdm 0"], results["nnsdm SDM"]
-    from nnsdm.network import cpu_bf16_supported
+    from nnsdm.device import cpu_bf16_supported
 
     load = os.getloadavg()[0]
     print(f"\npreset {args.preset}, patch {'x'.join(map(str, config['patch_size']))}, batch {config['batch_size']}, "

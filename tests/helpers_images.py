@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnsdm.labels import FLARE21_DATASET_LABELS
+
 SHAPE = (8, 16, 16)  # (z, y, x)
 SPACING = (2.5, 0.8, 0.8)  # (z, y, x) mm
-LABELS = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 
 
 def make_image(array: np.ndarray, *, spacing=SPACING, origin=(0.0, 0.0, 0.0), direction=None,
@@ -58,7 +59,7 @@ def make_dataset(root: Path, *, cases=("case_001", "case_002"), channels: int = 
         for c in range(channels):
             write(root / "imagesTs" / f"{case}_{c:04d}{file_ending}", ct(100 + 10 * i + c))
     meta = {"name": "Tiny", "channel_names": {str(c): f"ch{c}" for c in range(channels)},
-            "labels": dict(LABELS if labels is None else labels), "numTraining": len(cases),
+            "labels": dict(FLARE21_DATASET_LABELS if labels is None else labels), "numTraining": len(cases),
             "file_ending": file_ending}
     write_json(root / "dataset.json", meta)
     return root

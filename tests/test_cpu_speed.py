@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from nnsdm.budget import choose_epochs, measure_step_seconds
-from nnsdm.training import build_trainer, cpu_training_threads
+from nnsdm.device import cpu_training_threads
+from nnsdm.training import build_trainer
 
 
 @pytest.mark.parametrize("cap", [{"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}])
 def test_auto_precision_is_fp32_under_an_instruction_set_cap(cap):
     """Under PyTorch's or oneDNN's AVX2 cap bf16 would be emulated, as on an AVX2-only CPU: auto must pick fp32."""
-    code = "from nnsdm.network import resolve_cpu_precision as r; print(r('auto'), r('bf16'))"
+    code = "from nnsdm.device import resolve_cpu_precision as r; print(r('auto'), r('bf16'))"
     env = {**os.environ, **cap}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["fp32", "bf16"]  # an explicit choice is still honoured
@@ -53,3 +54,20 @@ def test_step_is_measured_on_the_real_trainer_with_its_threads(planned_workspace
         torch.set_num_threads(threads)
     assert 0 < seconds < 60
     assert trainer.optimizer.state  # a real optimiser step ran
+
+
+def test_demo_without_epochs_times_the_step_and_records_its_choice(planned_workspace, tmp_path, monkeypatch):
+    from nnsdm import demo
+
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
+    workspace = planned_workspace[0]
+    logs = set(workspace.results.rglob("training_log_*"))
+    settings = demo._settings(out=tmp_path, ablation=False, train_cases=4, test_cases=1, seed=0, shape=(24, 64, 64),
+                              spacing=(8.0, 5.0, 5.0), epochs=None, iterations=2, learning_rate=3e-3, tta=False,
+                              device="cpu", workers=1, processes=None, progress=False)
+    chosen, budget = demo._choose_budget(settings, demo._Stages(1, False), workspace)
+    assert chosen.epochs == budget["epochs"] == demo.DEFAULTS["epochs"]  # two iterations per epoch fit easily
+    assert budget["step_seconds"] > 0 and budget["time_limit_seconds"] == demo.TRAIN_TIME_LIMIT_S
+    assert set(workspace.results.rglob("training_log_*")) == logs  # the measurement leaves no training log behind
+    given, none = demo._choose_budget(demo._settings(**{**settings.__dict__, "epochs": 3}), demo._Stages(1, False), workspace)
+    assert given.epochs == 3 and none is None

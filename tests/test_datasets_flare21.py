@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 from helpers_images import ct, make_flare21_release, write
 
-from nnsdm.datasets import FLARE21_LABELS, check_dataset, convert_flare21
+from nnsdm.datasets import check_dataset, convert_flare21
+from nnsdm.labels import FLARE21_DATASET_LABELS
 from nnsdm.errors import NnsdmError
 
 
@@ -40,7 +41,7 @@ def test_conversion_gives_a_valid_dataset_and_leaves_the_source_alone(release, t
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "CT"}
     assert meta["labels"] == {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
-    assert meta["labels"] == FLARE21_LABELS
+    assert meta["labels"] == FLARE21_DATASET_LABELS
     assert meta["numTraining"] == 3 and meta["file_ending"] == ".nii.gz" and meta["name"] == "FLARE21"
     assert check_dataset(out, progress=False) == []
 

@@ -10,11 +10,10 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from nnsdm import evaluation
+from nnsdm.evaluation import metrics
 from nnsdm.errors import NnsdmError
 from nnsdm.evaluation import (
     FLARE22_TOLERANCE_MM,
-    ORGANS,
     dice,
     evaluate_case,
     evaluate_folder,
@@ -24,6 +23,7 @@ from nnsdm.evaluation import (
     parse_tolerance,
     surface_area_table,
 )
+from nnsdm.labels import FLARE21_LABELS
 
 # DeepMind's package uses deprecated scipy namespaces.
 pytestmark = pytest.mark.filterwarnings("ignore:Please import:DeprecationWarning")
@@ -147,7 +147,7 @@ def test_area_table_matches_deepmind():
 @pytest.mark.parametrize("force_edt", [False, True], ids=["ball", "edt"])
 def test_nsd_matches_brute_force_including_ties(force_edt, monkeypatch):
     if force_edt:  # every tolerance through the edt path with exact re-decision near the tolerance
-        monkeypatch.setattr(evaluation, "_MAX_BALL_OFFSETS", 0)
+        monkeypatch.setattr(metrics, "_MAX_BALL_OFFSETS", 0)
     rng = np.random.default_rng(0)
     ties = 0
     for spacing in SPACINGS:
@@ -175,7 +175,7 @@ def test_hd95_matches_brute_force():
 def test_nsd_and_hd95_match_deepmind_with_anisotropic_spacing(force_edt, monkeypatch):
     surface_distance = pytest.importorskip("surface_distance")
     if force_edt:
-        monkeypatch.setattr(evaluation, "_MAX_BALL_OFFSETS", 0)
+        monkeypatch.setattr(metrics, "_MAX_BALL_OFFSETS", 0)
     rng = np.random.default_rng(2)
     # 0.8 mm is not exact in binary: distances of 0.8, 1.6, 2.4 and 2.5 mm round differently in float32
     for spacing in [(2.5, 0.8, 0.8), (0.7, 1.3, 0.9), (1.0, 1.0, 1.0), (0.8, 0.8, 0.8)]:
@@ -252,7 +252,7 @@ def test_bad_arguments():
 
 def test_parse_tolerance():
     assert parse_tolerance("1") == {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0}
-    assert parse_tolerance(" 2.5 ") == {label: 2.5 for label in ORGANS}
+    assert parse_tolerance(" 2.5 ") == {label: 2.5 for label in FLARE21_LABELS}
     assert parse_tolerance("liver=5,kidney=3,spleen=3,pancreas=5") == FLARE22_TOLERANCE_MM
     assert parse_tolerance("pancreas=5, 1=5, Kidney=3,spleen=3") == FLARE22_TOLERANCE_MM
     assert parse_tolerance("flare22") == FLARE22_TOLERANCE_MM
@@ -338,7 +338,7 @@ def test_evaluate_folder_scores_every_ground_truth_case(folders, tmp_path, caplo
         pred, gt = arrays[row.case]
         p = pred == row.label if pred is not None else np.zeros(gt.shape, dtype=bool)
         g = gt == row.label
-        assert row.organ == ORGANS[row.label]
+        assert row.organ == FLARE21_LABELS[row.label]
         assert row.dsc == pytest.approx(dice(p, g), abs=1e-12)
         assert row.nsd == pytest.approx(normalized_surface_dice(p, g, SPACING_ZYX, 1.0), abs=1e-12)
     by = metrics.set_index(["case", "organ"])
@@ -353,7 +353,7 @@ def test_evaluate_folder_scores_every_ground_truth_case(folders, tmp_path, caplo
     saved = pd.read_csv(out / "summary.csv", index_col="organ")
     assert list(saved.index) == ["liver", "kidney", "spleen", "pancreas", "all"]
     pd.testing.assert_frame_equal(saved, summary, check_dtype=False, atol=1e-12)
-    for organ in ORGANS.values():
+    for organ in FLARE21_LABELS.values():
         values = metrics[metrics.organ == organ]
         assert summary.loc[organ, "dsc_mean"] == pytest.approx(values.dsc.mean())
         assert summary.loc[organ, "nsd_std"] == pytest.approx(values.nsd.std(ddof=0))
@@ -375,7 +375,7 @@ def test_evaluate_folder_hd95_and_per_organ_tolerance(folders, tmp_path):
     metrics = pd.read_csv(out / "metrics.csv").set_index(["case", "label"])
     assert "hd95" in metrics.columns
     pred, gt = arrays["case_a"]
-    for label in ORGANS:
+    for label in FLARE21_LABELS:
         p, g = pred == label, gt == label
         assert metrics.loc[("case_a", label), "nsd"] == pytest.approx(
             normalized_surface_dice(p, g, SPACING_ZYX, FLARE22_TOLERANCE_MM[label]), abs=1e-12)

@@ -20,10 +20,11 @@ import torch
 from nnsdm.errors import NnsdmError
 from nnsdm.inference import determine_postprocessing, find_cases, load_postprocessing, predict
 from nnsdm.inference.efficiency import COLUMNS
-from nnsdm.inference.io import orientation_code
+from nnsdm.orientation import orientation_code
 from nnsdm.inference.predict import load_model, training_orientation
 from nnsdm.network import strip_sdm_head
-from nnsdm.postprocessing import FLARE21_KEEP, keep_largest_components
+from nnsdm.labels import FLARE21_KEEP
+from nnsdm.postprocessing import keep_largest_components
 
 pytestmark = pytest.mark.slow
 

@@ -8,58 +8,11 @@ import pytest
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from helpers_networks import NETWORKS, PATCH
+from helpers_networks import build as _build
+from helpers_networks import plans as _plans
 from nnsdm.network import SDMUNet, build_network, count_flops, count_parameters, strip_sdm_head
 from nnsdm.planning import PRESETS, apply_preset
-
-PATCH = (16, 32, 32)
-STRIDES = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
-
-
-def _plans(network_class: str) -> PlansManager:
-    arch = {
-        "n_stages": 3,
-        "features_per_stage": [4, 8, 16],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
-        "strides": STRIDES,
-        "n_conv_per_stage": [1, 1, 1] if "Residual" in network_class else [2, 2, 2],
-        "n_conv_per_stage_decoder": [1, 1],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
-    if "Residual" in network_class:
-        arch["n_blocks_per_stage"] = arch.pop("n_conv_per_stage")
-    config = {
-        "data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2, "patch_size": list(PATCH),
-        "median_image_size_in_voxels": [32, 64, 64], "spacing": [2.5, 0.8, 0.8], "normalization_schemes": ["CTNormalization"],
-        "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
-        "resampling_fn_seg": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": {},
-        "resampling_fn_seg_kwargs": {}, "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {}, "batch_dice": False,
-        "architecture": {"network_class_name": network_class, "arch_kwargs": arch,
-                         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-    }
-    return PlansManager({"dataset_name": "Dataset999_T", "plans_name": "nnUNetPlans", "configurations": {"3d_fullres": config},
-                         "original_median_spacing_after_transp": [2.5, 0.8, 0.8], "original_median_shape_after_transp": [32, 64, 64],
-                         "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-                         "experiment_planner_used": "x", "label_manager": "LabelManager",
-                         "foreground_intensity_properties_per_channel": {}})
-
-
-NETWORKS = ["dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"]
-
-
-def _build(network_class: str, *, sdm: int = 4, deep_supervision: bool = True):
-    manager = _plans(network_class)
-    return build_network(manager, manager.get_configuration("3d_fullres"), 1, 5, num_sdm_channels=sdm,
-                         deep_supervision=deep_supervision)
-
 
 @pytest.mark.parametrize("network_class", NETWORKS)
 def test_deep_supervision_outputs_pair_segmentation_and_sdm_at_each_scale(network_class):
@@ -137,59 +90,3 @@ def test_flare21_preset_topology_and_size():
         net = build_network(manager, manager.get_configuration("3d_fullres"), 1, 5, num_sdm_channels=4, deep_supervision=False)
     assert plan["architecture"]["arch_kwargs"]["n_stages"] == 6
     assert 30e6 < count_parameters(net, include_sdm_head=False) < 32e6
-
-
-@pytest.mark.parametrize("bf16", [False, True])
-def test_cpu_fast_path_keeps_outputs_gradients_and_state_dict(bf16):
-    from nnsdm.network import DeepSupervisionOutputs, use_cpu_fast_path
-
-    torch.manual_seed(0)
-    reference = _build(NETWORKS[0])
-    fast = _build(NETWORKS[0])
-    fast.load_state_dict(reference.state_dict())
-    use_cpu_fast_path(fast, bf16=bf16)
-    x = torch.randn(2, 1, *PATCH)
-    expected, out = reference(x), fast(x)
-    assert isinstance(out, DeepSupervisionOutputs) and len(out.sdm) == len(expected.sdm)
-    assert all(o.dtype == torch.float32 for o in [*out, *out.sdm])
-    # bfloat16 keeps about 3 significant digits, and errors add up through the layers
-    max_tolerance, mean_tolerance = (0.15, 0.01) if bf16 else (1e-4, 1e-5)
-    for got, want in zip([*out, *out.sdm], [*expected, *expected.sdm]):
-        assert got.shape == want.shape
-        scale = max(1.0, float(want.abs().max()))
-        difference = (got - want).abs()
-        assert float(difference.max()) <= max_tolerance * scale and float(difference.mean()) <= mean_tolerance * scale
-    # gradients reach every parameter, in float32, close to the reference's
-    sum(o.square().mean() for o in [*out, *out.sdm]).backward()
-    sum(o.square().mean() for o in [*expected, *expected.sdm]).backward()
-    ref_grads = dict(reference.named_parameters())
-    for name, p in fast.named_parameters():
-        assert p.grad is not None and p.grad.dtype == torch.float32, name
-    first = "encoder.stages.0.0.convs.0.conv.weight"
-    g, r = dict(fast.named_parameters())[first].grad, ref_grads[first].grad
-    assert float(torch.nn.functional.cosine_similarity(g.flatten(), r.flatten(), dim=0)) > (0.98 if bf16 else 0.9999)
-    # the state dict keeps its keys and loads into a network without the fast path
-    plain = _build(NETWORKS[0])
-    plain.load_state_dict(fast.state_dict())
-    assert set(plain.state_dict()) == set(reference.state_dict())
-
-
-
-def test_cpu_fast_path_batch_of_one_without_gradients_matches_and_uses_onednn():
-    from torch.profiler import profile
-
-    from nnsdm.network import use_cpu_fast_path
-
-    torch.manual_seed(0)
-    reference = _build(NETWORKS[0], deep_supervision=False).eval()
-    fast = use_cpu_fast_path(_build(NETWORKS[0], deep_supervision=False).eval(), bf16=False)
-    fast.load_state_dict(reference.state_dict())
-    x = torch.randn(1, 1, *PATCH)
-    with torch.no_grad():
-        expected = reference(x)
-        with profile() as prof:
-            got = fast(x)
-    assert got.shape == expected.shape == (1, 5, *PATCH)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    ops = {e.key for e in prof.key_averages()}
-    assert "aten::mkldnn_convolution" in ops and "aten::slow_conv3d_forward" not in ops

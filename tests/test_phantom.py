@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from nnsdm.errors import NnsdmError
-from nnsdm.phantom import LABELS, OTHER_ORIENTATIONS, case_seed, generate_case, generate_dataset
+from nnsdm.labels import FLARE21_DATASET_LABELS
+from nnsdm.phantom import OTHER_ORIENTATIONS, case_seed, generate_case, generate_dataset
 
 SMALL = (32, 96, 96)  # fast cases for geometry; intensities are checked at the default grid
 TINY = (20, 64, 64)  # for dataset writing
@@ -196,7 +197,7 @@ def test_nnunet_dataset_layout_and_byte_identical_reruns(tmp_path):
     assert (a / first).read_bytes() != (c / first).read_bytes()
     meta = json.loads((a / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "CT"}
-    assert meta["labels"] == LABELS == {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
+    assert meta["labels"] == FLARE21_DATASET_LABELS == {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
     assert meta["numTraining"] == 3 and meta["file_ending"] == ".nii.gz"
     assert {"name", "description", "licence"} <= set(meta)
     cases = json.loads((a / "phantom_cases.json").read_text())

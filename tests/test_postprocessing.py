@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nnsdm.postprocessing import FLARE21_KEEP, keep_largest_components
+from nnsdm.labels import FLARE21_KEEP
+from nnsdm.postprocessing import keep_largest_components
 
 
 def _abdomen() -> np.ndarray:

@@ -22,7 +22,8 @@ import SimpleITK as sitk
 from scipy.stats import wilcoxon
 
 from nnsdm.errors import NnsdmError
-from nnsdm.evaluation import ORGANS, evaluate_case
+from nnsdm.evaluation import evaluate_case
+from nnsdm.labels import FLARE21_LABELS
 from nnsdm.report import write_report
 from nnsdm.report.tables import PAPER_FLOPS, PAPER_PARAMETERS, ablation, efficiency_summary
 from nnsdm.workspace import Workspace
@@ -201,7 +202,7 @@ def test_cv_metrics_and_table(report):
     gt_dir = workspace.preprocessed / name / "gt_segmentations"
     metrics = pd.read_csv(out / "cv_metrics.csv")
     assert list(metrics.columns) == ["model", "fold", "case", "label", "organ", "dsc", "nsd"]
-    assert len(metrics) == 2 * len(cases) * len(ORGANS)
+    assert len(metrics) == 2 * len(cases) * len(FLARE21_LABELS)
 
     expected = _recomputed(workspace.results / name / SDM / "fold_0" / "validation", gt_dir, cases)
     got = metrics[metrics["model"] == SDM].sort_values(["case", "label"]).reset_index(drop=True)
@@ -211,7 +212,7 @@ def test_cv_metrics_and_table(report):
     assert set(table.index) == {(SDM, "0"), (SDM, "average"), (BASE, "0"), (BASE, "average")}
     fold0 = table.loc[(SDM, "0")]
     assert fold0["cases"] == len(cases)
-    for organ in ORGANS.values():
+    for organ in FLARE21_LABELS.values():
         values = expected.loc[expected["organ"] == organ, "dsc"]
         assert fold0[f"{organ}_dsc_mean"] == pytest.approx(values.mean(), abs=1e-12)
         assert fold0[f"{organ}_dsc_std"] == pytest.approx(np.std(values), abs=1e-12)
@@ -238,7 +239,7 @@ def test_ablation_in_report(report):
     table = pd.read_csv(out / "ablation.csv", keep_default_na=False, na_values=[""])
     assert (table["sdm_model"] == SDM).all() and (table["baseline_model"] == BASE).all()
     table = table.set_index(["organ", "metric"])
-    for organ in ORGANS.values():
+    for organ in FLARE21_LABELS.values():
         for m in ("dsc", "nsd"):
             a = np.array([sdm.loc[(case, organ), m] for case in cases])
             b = np.array([1.0] + [sdm.loc[(case, organ), m] for case in cases[1:]])  # baseline: case 0 perfect
@@ -261,7 +262,7 @@ def test_external_set_and_efficiency(report):
                                expected.sort_values(["case", "label"])[["dsc", "nsd"]], rtol=1e-12)
     table = pd.read_csv(out / "external_table.csv").iloc[0]
     assert table["set"] == "external" and table["cases"] == len(cases)
-    for organ in ORGANS.values():
+    for organ in FLARE21_LABELS.values():
         assert table[f"{organ}_nsd_mean"] == pytest.approx(expected.loc[expected["organ"] == organ, "nsd"].mean(), abs=1e-12)
     efficiency = pd.read_csv(out / "external_efficiency.csv").set_index("quantity")
     seconds = [2.0 + i for i in range(len(cases))]

@@ -13,7 +13,9 @@ from nnsdm.errors import NnsdmError
 from nnsdm.network import SDMUNet
 from nnsdm.sdm import signed_distance_map
 from nnsdm.checkpoints import read_checkpoint
-from nnsdm.training import SDMTargetTransform, SegAndSDMLoss, build_trainer, find_resume_checkpoint, train
+from nnsdm.model_folder import ModelFolder
+from nnsdm.trainer import SDMTargetTransform, SegAndSDMLoss
+from nnsdm.training import build_trainer, train
 from nnsdm.workspace import Workspace
 
 
@@ -101,7 +103,7 @@ def test_continue_after_interruption_resumes_epoch_optimizer_and_learning_rate(p
     monkeypatch.setattr(SegAndSDMLoss, "forward", original)
 
     model = workspace.results / workspace.dataset_name() / "nnsdmTrainer__nnUNetPlans__3d_fullres"
-    latest = find_resume_checkpoint(model / "fold_1")
+    latest = ModelFolder(model).resume_checkpoint(1)
     assert latest.name == "checkpoint_latest.pth"
     saved = read_checkpoint(latest, for_training=True)
     assert saved["current_epoch"] == 2
@@ -116,12 +118,18 @@ def test_continue_after_interruption_resumes_epoch_optimizer_and_learning_rate(p
     trainer.lr_scheduler.step(trainer.current_epoch)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * (1 - 2 / 3) ** 0.9)
 
-    train(**options, resume=True)
+    seen = []  # the trainer's per-epoch callback: the resumed run reports its one remaining epoch
+    train(**options, resume=True, epoch_callback=seen.append)
     final = read_checkpoint(model / "fold_1" / "checkpoint_final.pth", for_training=True)
     assert final["current_epoch"] == 3
-    lrs = final["logging"]["lrs"]
-    assert lrs == pytest.approx([0.01 * (1 - e / 3) ** 0.9 for e in range(3)])
-    assert len(final["logging"]["train_sdm_losses"]) == 3
+    log = final["logging"]
+    assert log["lrs"] == pytest.approx([0.01 * (1 - e / 3) ** 0.9 for e in range(3)])
+    assert len(log["train_sdm_losses"]) == 3
+    assert [(s.epoch, s.epochs) for s in seen] == [(3, 3)]
+    assert seen[0].train_loss == pytest.approx(log["train_losses"][-1]) and seen[0].val_loss == pytest.approx(log["val_losses"][-1])
+    assert seen[0].pseudo_dice == pytest.approx(tuple(log["dice_per_class_or_region"][-1])) and len(seen[0].pseudo_dice) == 4
+    assert seen[0].seg_loss == pytest.approx(log["train_seg_losses"][-1]) and seen[0].sdm_loss == pytest.approx(log["train_sdm_losses"][-1])
+    assert seen[0].seconds == pytest.approx(log["epoch_end_timestamps"][-1] - log["epoch_start_timestamps"][-1])
     assert (model / "fold_1" / "progress_sdm.png").is_file() and (model / "nnsdm.json").is_file()
 
 
@@ -172,17 +180,6 @@ def test_train_on_workspace_without_plans_creates_nothing(tmp_path, capsys):
     assert not (tmp_path / "empty").exists()
 
 
-def test_unknown_device_and_missing_cuda_are_errors():
-    from nnsdm.training import resolve_device
-
-    assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(NnsdmError):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(NnsdmError, match="no CUDA device"):
-            resolve_device("cuda")
-
-
 def test_short_budget_recipe_adamw_without_mirroring(planned_workspace, monkeypatch):
     workspace, _ = planned_workspace
     trainer = build_trainer(workspace=workspace, fold=0, epochs=4, iterations_per_epoch=1, device="cpu",
@@ -201,11 +198,11 @@ def test_short_budget_recipe_adamw_without_mirroring(planned_workspace, monkeypa
 
 
 def test_cpu_precision_auto_follows_the_cpu_and_the_network_gets_the_fast_path(planned_workspace, monkeypatch):
-    import nnsdm.network as network
+    import nnsdm.device as device
 
     workspace, _ = planned_workspace
     for supported, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(network, "cpu_bf16_supported", lambda supported=supported: supported)
+        monkeypatch.setattr(device, "cpu_bf16_supported", lambda supported=supported: supported)
         trainer = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu")
         assert trainer.cpu_precision_used == expected
     forced = build_trainer(workspace=workspace, fold=0, epochs=1, iterations_per_epoch=1, device="cpu", cpu_precision="fp32")
@@ -214,3 +211,32 @@ def test_cpu_precision_auto_follows_the_cpu_and_the_network_gets_the_fast_path(p
     assert conv.is_contiguous(memory_format=torch.channels_last_3d)  # oneDNN's fast layout on the CPU
     with pytest.raises(NnsdmError, match="--cpu-precision fp16"):
         build_trainer(workspace=workspace, fold=0, device="cpu", cpu_precision="fp16")
+
+
+def test_trainer_classes_are_module_level_and_named_by_the_sdm_weight():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnsdm.trainer import nnsdmTrainer, trainer_class
+
+    assert issubclass(nnsdmTrainer, nnUNetTrainer) and trainer_class(1) is nnsdmTrainer and nnsdmTrainer.sdm_weight == 1
+    half = trainer_class(0.5)
+    assert half.__name__ == "nnsdmTrainer_sdm0p5" and half.__module__ == "nnsdm.trainer" and half.sdm_weight == 0.5
+    assert half is trainer_class(0.5) and issubclass(half, nnsdmTrainer)
+    assert trainer_class(0).__name__ == "nnsdmTrainer_sdm0" and trainer_class(1e-05).__name__ == "nnsdmTrainer_sdm1em05"
+
+
+def test_training_options_are_checked_before_any_work(tmp_path):
+    from nnsdm.training import TrainingOptions
+
+    workspace = Workspace(tmp_path / "ws")
+    assert TrainingOptions(workspace=workspace, fold="3").fold == 3
+    assert TrainingOptions(workspace=workspace, fold="all").fold == "all"
+    for options, message in ((dict(fold=5), "--fold 5: unknown fold"), (dict(fold=0, epochs=0), "--epochs and"),
+                             (dict(fold=0, optimizer="adam"), "--optimizer adam"), (dict(fold=0, learning_rate=0.0), "--lr 0.0"),
+                             (dict(fold=0, cpu_precision="fp16"), "--cpu-precision fp16"),
+                             (dict(fold=0, sdm_weight=-1.0), "--sdm-weight -1.0")):
+        with pytest.raises(NnsdmError, match=message):
+            TrainingOptions(workspace=workspace, **options)
+    with pytest.raises(TypeError, match="not both"):
+        build_trainer(TrainingOptions(workspace=workspace, fold=0), epochs=1)
+    assert not workspace.root.exists()

@@ -8,12 +8,15 @@ the held-out set, FLARE21 evaluation, and the report with the held-out set as it
 seed and budget, predicts the same set, and the two are compared per organ with a paired Wilcoxon test.
 
 Plan: the ``cpu-small`` preset (a 351k-parameter network, patch 32x80x80 on data resampled to at least
-3x1.6x1.6 mm, so one patch spans most of the abdomen). Training recipe: nnU-Net's trainer,
-loss, sampling and augmentation, with two changes for a budget of under 2,000 iterations of a tiny
-network on a CPU, both taken from nnU-Net's own trainer variants (:func:`_train`): AdamW at 3e-3 with
-nnU-Net's poly schedule instead of SGD at 0.01, and no mirroring. On a CPU with native bfloat16 the
-trainer runs under bf16 autocast (as nnU-Net runs under fp16 autocast on a GPU). The paper's
-configuration (``nnsdm train``) keeps nnU-Net's SGD and mirroring.
+3x1.6x1.6 mm, so one patch spans most of the abdomen). On a CPU with native bfloat16 the trainer runs
+under bf16 autocast (as nnU-Net runs under fp16 autocast on a GPU).
+
+Training recipe: nnU-Net's trainer, loss, sampling and augmentation with two changes, both taken from
+nnU-Net's own trainer variants (``nnsdm train --optimizer adamw --no-mirroring``): AdamW at 3e-3 with
+nnU-Net's poly schedule instead of SGD at 0.01, and no mirroring (so prediction does not mirror either).
+Why a budget of under 2,000 iterations of a tiny network on a CPU needs them is written once, in the
+README's Demo section ("the recipe"). The paper's configuration (``nnsdm train``'s defaults) keeps
+nnU-Net's SGD and mirroring.
 
 Output folder (default ``./nnsdm_demo``)::
 
@@ -37,16 +40,16 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nnsdm.errors import NnsdmError
+from nnsdm.labels import FLARE21_ORGANS
 
-ORGAN_NAMES = ("liver", "kidney", "spleen", "pancreas")  # labels 1-4 (nnsdm.evaluation.ORGANS)
 
 __all__ = ["run_demo", "DEFAULT_OUT", "DEFAULTS"]
 
@@ -105,41 +108,15 @@ class _Stages:
         self.say(f"      {name} done in {seconds:.1f} s{result} (elapsed {_fmt_seconds(time.perf_counter() - self.start)})")
 
 
-class _EpochLines(io.TextIOBase):
-    """Stands in for stdout while nnU-Net trains: its chatter is dropped (the fold's training_log_*.txt keeps
-    all of it) and each epoch becomes one line with the loss, pseudo Dice per organ and the epoch's time."""
+def _epoch_line(stages: _Stages):
+    """An ``epoch_callback`` for the trainer: one line per epoch with the loss, pseudo Dice per organ and time."""
 
-    _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?![\w.])")
+    def report(epoch) -> None:
+        dice = " ".join(f"{o} {d:.3f}" for o, d in zip(FLARE21_ORGANS, epoch.pseudo_dice))
+        stages.say(f"      epoch {epoch.epoch}/{epoch.epochs}  loss {epoch.train_loss:+.3f}  pseudo Dice {dice}  "
+                   f"({epoch.seconds:.1f} s)")
 
-    def __init__(self, stages: _Stages, epochs: int, organs: Sequence[str]) -> None:
-        super().__init__()
-        self.stages, self.epochs, self.organs = stages, epochs, list(organs)
-        self.buffer = ""
-        self.epoch, self.loss, self.dice = 0, None, []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.buffer += text
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            self._line(line)
-        return len(text)
-
-    def _line(self, line: str) -> None:
-        message = line.split(": ", 1)[-1].strip()  # nnU-Net prefixes a time stamp
-        if match := re.fullmatch(r"Epoch (\d+)", message):
-            self.epoch, self.loss, self.dice = int(match.group(1)) + 1, None, []
-        elif message.startswith("train_loss"):
-            numbers = self._NUMBER.findall(message[len("train_loss"):])
-            self.loss = float(numbers[0]) if numbers else None
-        elif message.startswith("Pseudo dice"):
-            self.dice = [float(v) for v in self._NUMBER.findall(message[len("Pseudo dice"):])]
-        elif match := re.fullmatch(r"Epoch time: ([\d.]+) s", message):
-            dice = " ".join(f"{o} {d:.3f}" for o, d in zip(self.organs, self.dice))
-            loss = f"loss {self.loss:+.3f}  " if self.loss is not None else ""
-            self.stages.say(f"      epoch {self.epoch}/{self.epochs}  {loss}pseudo Dice {dice}  ({float(match.group(1)):.1f} s)")
+    return report
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -181,17 +158,9 @@ def _as_test_set(raw: Path) -> tuple[Path, Path]:
 
 def _train(workspace, *, sdm_weight: float, seed: int, epochs: int, iterations: int, device: str,
            workers: int, learning_rate: float, stages: _Stages) -> Path:
-    """Train fold 'all' with the demo's short-budget recipe; nnU-Net's chatter becomes one line per epoch.
+    """Train fold 'all' with the demo's short-budget recipe (see the module docstring), one line per epoch.
 
-    The recipe: nnU-Net's trainer, loss, sampling and augmentation with two changes, both nnU-Net's own
-    trainer variants (``nnsdm train --optimizer adamw --no-mirroring``):
-
-    * AdamW with nnU-Net's poly schedule at ``learning_rate``: with nnU-Net's default SGD (lr 0.01,
-      Nesterov momentum 0.99) the small ``cpu-small`` network learned no kidney, spleen or pancreas within
-      the demo's budget (pseudo Dice 0 after 1,000 iterations), where AdamW at 3e-3 learned all four organs.
-    * No mirroring: liver and spleen have similar HU, and with left-right mirrored patches only their shape
-      tells them apart, which a short training does not learn. The model then records no mirror axes, so
-      prediction does not mirror either.
+    nnU-Net's own printed output is dropped here; the fold's ``training_log_*.txt`` keeps all of it.
     """
     import numpy as np
     import torch
@@ -200,27 +169,39 @@ def _train(workspace, *, sdm_weight: float, seed: int, epochs: int, iterations: 
 
     torch.manual_seed(seed)
     np.random.seed(seed)
-    lines = _EpochLines(stages, epochs, ORGAN_NAMES)
-    with contextlib.redirect_stdout(lines if stages.enabled else io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):
         model = train(workspace=workspace, fold="all", sdm_weight=sdm_weight, epochs=epochs,
                       iterations_per_epoch=iterations, val_iterations=VAL_ITERATIONS, save_every=epochs,
                       device=device, optimizer="adamw", learning_rate=learning_rate, mirroring=False,
-                      validate=False, workers=workers)
+                      validate=False, workers=workers, epoch_callback=_epoch_line(stages) if stages.enabled else None)
     return Path(model).resolve()
 
 
-def _choose_budget(workspace, *, device: str, iterations: int, workers: int, learning_rate: float):
-    """Epochs for this machine (:mod:`nnsdm.budget`): the demo's training step timed on a synthetic batch."""
+def _choose_budget(settings: _Settings, stages: _Stages, workspace) -> tuple[_Settings, dict | None]:
+    """Settings with the epochs for this machine (:mod:`nnsdm.budget`) unless ``--epochs`` was given, and the budget."""
+    if settings.epochs is not None:
+        return settings, None
+    with stages.stage("budget", f"time the training step, choose the epochs (at most {_fmt_seconds(TRAIN_TIME_LIMIT_S)} "
+                                "of training on a CPU)") as done:
+        budget = _measure_budget(workspace, settings)
+        done["text"] = (f"{budget.step_seconds:.3f} s per step: {budget.epochs} epochs x {settings.iterations} iterations, "
+                        f"about {_fmt_seconds(budget.estimated_training_seconds)} of training")
+    return replace(settings, epochs=budget.epochs), budget.as_dict()
+
+
+def _measure_budget(workspace, settings: _Settings):
+    """The demo's training step timed on a synthetic batch (a throwaway trainer, same threads), and the epochs it allows."""
     import torch
 
     from nnsdm.budget import choose_epochs, measure_step_seconds
     from nnsdm.training import build_trainer
 
-    os.environ["nnUNet_n_proc_DA"] = str(workers)  # the thread count training will use depends on it
+    os.environ["nnUNet_n_proc_DA"] = str(settings.workers)  # training's thread count depends on it
     threads = torch.get_num_threads()
     with contextlib.redirect_stdout(io.StringIO()):
-        trainer = build_trainer(workspace=workspace, fold="all", epochs=DEFAULTS["epochs"], iterations_per_epoch=iterations,
-                                device=device, optimizer="adamw", learning_rate=learning_rate, mirroring=False)
+        trainer = build_trainer(workspace=workspace, fold="all", epochs=DEFAULTS["epochs"],
+                                iterations_per_epoch=settings.iterations, device=settings.device, optimizer="adamw",
+                                learning_rate=settings.learning_rate, mirroring=False)
         try:
             trainer.initialize()
             step = measure_step_seconds(trainer)
@@ -230,20 +211,19 @@ def _choose_budget(workspace, *, device: str, iterations: int, workers: int, lea
             if log and os.path.isfile(log):
                 os.remove(log)  # the measurement is not a training run
     limit = TRAIN_TIME_LIMIT_S if trainer.device.type == "cpu" else float("inf")
-    return choose_epochs(step, iterations=iterations, val_iterations=VAL_ITERATIONS, time_limit_s=limit,
+    return choose_epochs(step, iterations=settings.iterations, val_iterations=VAL_ITERATIONS, time_limit_s=limit,
                          min_epochs=min(MIN_EPOCHS, DEFAULTS["epochs"]), max_epochs=DEFAULTS["epochs"])
 
 
 def _training_precision(model: Path) -> str | None:
-    """The CPU precision the trainer recorded in the model's nnsdm.json (None on CUDA)."""
-    from nnsdm.training import METADATA_FILE
+    """The CPU precision the trainer recorded in the model's metadata (None on CUDA)."""
+    from nnsdm.model_folder import ModelFolder
 
-    meta = json.loads((model / METADATA_FILE).read_text(encoding="utf-8"))
-    return meta.get("training", {}).get("cpu_precision")
+    return ModelFolder(model).metadata().get("training", {}).get("cpu_precision")
 
 
 def _scores(summary) -> dict:
-    organs = list(ORGAN_NAMES)
+    organs = list(FLARE21_ORGANS)
     return {
         "dsc": {o: float(summary.loc[o, "dsc_mean"]) for o in organs},
         "nsd": {o: float(summary.loc[o, "nsd_mean"]) for o in organs},
@@ -253,7 +233,7 @@ def _scores(summary) -> dict:
 
 
 def _score_line(scores: dict) -> str:
-    per_organ = ", ".join(f"{o} {scores['dsc'][o]:.3f}/{scores['nsd'][o]:.3f}" for o in ORGAN_NAMES)
+    per_organ = ", ".join(f"{o} {scores['dsc'][o]:.3f}/{scores['nsd'][o]:.3f}" for o in FLARE21_ORGANS)
     return f"DSC/NSD {per_organ}; mean {scores['mean_dsc']:.3f}/{scores['mean_nsd']:.3f}"
 
 
@@ -261,6 +241,27 @@ def _check_options(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise NnsdmError(f"--{name.replace('_', '-')} {value}: must be a positive whole number")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The demo's checked options (see :func:`run_demo`)."""
+
+    out: Path
+    ablation: bool
+    train_cases: int
+    test_cases: int
+    seed: int
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    epochs: int | None  # None: chosen from this machine's speed (_choose_budget)
+    iterations: int
+    learning_rate: float
+    tta: bool
+    device: str
+    workers: int
+    processes: int | None
+    progress: bool
 
 
 def run_demo(
@@ -285,103 +286,133 @@ def run_demo(
     """Run the demo pipeline into ``out`` and return the summary that is also written to ``out/summary.json``.
 
     ``epochs`` x ``iterations`` is the training budget (nnU-Net's poly learning-rate schedule runs over
-    it; ``epochs`` None chooses them from this machine's speed, see :data:`TRAIN_TIME_LIMIT_S`), ``learning_rate`` the initial rate of the demo's AdamW recipe (see :func:`_train`); ``tta``
+    it; ``epochs`` None: as many as fit :data:`TRAIN_TIME_LIMIT_S` here, see :mod:`nnsdm.budget`), ``learning_rate`` the initial rate of the demo's AdamW recipe (see the module docstring); ``tta``
     mirrors at prediction (only for a model trained with mirroring: the demo's is not); ``workers``:
-    augmentation processes per data loader (default: CPU cores - 1, at least 1, at most 4); ``processes``: planning/preprocessing processes (default: nnsdm's). ``shape`` and
-    ``spacing`` are the phantoms' nominal (z, y, x) grid. Summary keys: ``dsc``, ``nsd`` (held-out mean
-    per organ), ``mean_dsc``, ``mean_nsd``, ``seconds``, ``model`` (absolute model folder for
-    ``nnsdm predict --model``), ``report``, ``stages`` (seconds each), ``config``; with ``ablation`` also
-    ``baseline`` (the same scores for the sdm_weight 0 model) and ``ablation`` (rows of ablation.csv).
+    augmentation processes per data loader (default: CPU cores - 1, at least 1, at most 4); ``processes``:
+    planning/preprocessing processes (default: nnsdm's). ``shape`` and ``spacing`` are the phantoms'
+    nominal (z, y, x) grid. Summary keys: ``dsc``, ``nsd`` (held-out mean per organ), ``mean_dsc``,
+    ``mean_nsd``, ``seconds``, ``model`` (absolute model folder for ``nnsdm predict --model``),
+    ``report``, ``stages`` (seconds each), ``config``, ``budget`` (how the epochs were chosen, or None),
+    ``machine`` (CPU features, cores, load); with ``ablation`` also ``baseline`` (the same
+    scores for the sdm_weight 0 model) and ``ablation`` (rows of ablation.csv).
     """
-    _check_options(train_cases=train_cases, test_cases=test_cases, iterations=iterations,
-                   **({"epochs": epochs} if epochs is not None else {}))
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise NnsdmError(f"--seed {seed}: must be a non-negative whole number")
-    from nnsdm.training import resolve_device
-
-    resolve_device(device)  # a clear error before any work
-    if not learning_rate > 0:
-        raise NnsdmError(f"--learning-rate {learning_rate}: must be positive")
-    if workers is None:  # one core trains, the others augment
-        workers = max(1, min((os.cpu_count() or 1) - 1, 4))
-    from nnsdm.phantom import check_grid
-
-    shape, spacing = check_grid(shape, spacing)
-    out = Path(out).expanduser().absolute()
-    _prepare_out(out, overwrite)
-
-    from nnsdm.evaluation import evaluate_folder
+    settings = _settings(out=out, ablation=ablation, train_cases=train_cases, test_cases=test_cases, seed=seed,
+                         shape=shape, spacing=spacing, epochs=epochs, iterations=iterations,
+                         learning_rate=learning_rate, tta=tta, device=device, workers=workers, processes=processes,
+                         progress=progress)
+    _prepare_out(settings.out, overwrite)
     from nnsdm.fileio import write_text
-    from nnsdm.inference import predict
-    from nnsdm.phantom import generate_dataset
-    from nnsdm.planning import plan
     from nnsdm.report import write_report
     from nnsdm.workspace import Workspace
 
     stages = _Stages((10 if ablation else 6) + (epochs is None), progress)
     load_start = os.getloadavg()
-    workspace = Workspace(out / "workspace")
-    train_raw, test_raw = out / "data" / "phantom_train", out / "data" / "test"
-    grid = f"nominal grid {'x'.join(map(str, shape))} at {'x'.join(f'{s:g}' for s in spacing)} mm"
+    workspace = Workspace(settings.out / "workspace")
+    train_raw, test_images, test_labels = _make_data(settings, stages)
+    planned = _plan(settings, stages, train_raw, workspace)
+    settings, budget = _choose_budget(settings, stages, workspace)
+    runs = [("SDM model", 1.0, "predictions", "evaluation")]
+    if ablation:
+        runs.append(("baseline", 0.0, "predictions_baseline", "evaluation_baseline"))
+    results = {label: _model_run(settings, stages, workspace, test_images, test_labels, weight=weight,
+                                 label=label, pred_name=pred_name, eval_name=eval_name)
+               for label, weight, pred_name, eval_name in runs}
+    comparison = None
+    if ablation:
+        with stages.stage("compare", "SDM model vs baseline on the held-out set, paired Wilcoxon test") as done:
+            comparison = _compare(results["SDM model"]["metrics"], results["baseline"]["metrics"], settings.out / "ablation.csv")
+            both = comparison[comparison["organ"] == "all"].set_index("metric")
+            done["text"] = ", ".join(f"mean {m.upper()} {both.loc[m, 'sdm_mean']:.3f} vs {both.loc[m, 'baseline_mean']:.3f}"
+                                     for m in ("dsc", "nsd"))
+    with stages.stage("report", "tables and figures (held-out set as the external set)") as done:
+        report = write_report(workspace=workspace, out=settings.out / "report", pred=settings.out / "predictions",
+                              gt=test_labels, images=test_images, progress=progress)
+        done["text"] = f"{report / 'report.html'}"
+    result = _summary(settings, stages, planned, results, comparison, report, load_start, budget)
+    write_text(settings.out / "summary.json", json.dumps(result, indent=2) + "\n")
+    _say_results(stages, result, results, settings.out, report)
+    return result
 
-    with stages.stage("data", f"{train_cases} training + {test_cases} held-out synthetic CT cases, {grid}") as done:
-        generate_dataset(train_raw, cases=train_cases, seed=seed, shape=shape, spacing=spacing)
-        generate_dataset(test_raw, cases=test_cases, seed=seed + 1000, shape=shape, spacing=spacing)
+
+def _settings(*, out: Path, seed: int, shape, spacing, learning_rate: float, device: str, workers: int | None,
+              **options) -> _Settings:
+    """Every option checked before any work (one-line errors); defaults filled in."""
+    _check_options(**{k: options[k] for k in ("train_cases", "test_cases", "epochs", "iterations") if options[k] is not None})
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise NnsdmError(f"--seed {seed}: must be a non-negative whole number")
+    from nnsdm.device import resolve_device
+    from nnsdm.phantom import check_grid
+
+    resolve_device(device)
+    if not learning_rate > 0:
+        raise NnsdmError(f"--learning-rate {learning_rate}: must be positive")
+    if workers is None:  # one core trains, the others augment
+        workers = max(1, min((os.cpu_count() or 1) - 1, 4))
+    shape, spacing = check_grid(shape, spacing)
+    return _Settings(out=Path(out).expanduser().absolute(), seed=seed, shape=shape, spacing=spacing,
+                     learning_rate=learning_rate, device=device, workers=workers, **options)
+
+
+def _make_data(settings: _Settings, stages: _Stages) -> tuple[Path, Path, Path]:
+    """Training phantoms (raw dataset) and the held-out set; returns the raw dataset, test images and labels."""
+    from nnsdm.phantom import generate_dataset
+
+    train_raw, test_raw = settings.out / "data" / "phantom_train", settings.out / "data" / "test"
+    grid = f"nominal grid {'x'.join(map(str, settings.shape))} at {'x'.join(f'{s:g}' for s in settings.spacing)} mm"
+    with stages.stage("data", f"{settings.train_cases} training + {settings.test_cases} held-out synthetic CT cases, "
+                              f"{grid}") as done:
+        grid_options = dict(shape=settings.shape, spacing=settings.spacing)
+        generate_dataset(train_raw, cases=settings.train_cases, seed=settings.seed, **grid_options)
+        generate_dataset(test_raw, cases=settings.test_cases, seed=settings.seed + 1000, **grid_options)
         _check(train_raw)
         _check(test_raw)
         test_images, test_labels = _as_test_set(test_raw)
         done["text"] = f"checked, no problems ({train_raw}, {test_raw})"
+    return train_raw, test_images, test_labels
+
+
+def _plan(settings: _Settings, stages: _Stages, train_raw: Path, workspace):
+    from nnsdm.planning import plan
 
     with stages.stage("plan", "nnU-Net fingerprint, plan (cpu-small preset) and preprocessing") as done:
-        planned = plan(train_raw, workspace=workspace, preset="cpu-small", num_processes=processes, check=False)
+        planned = plan(train_raw, workspace=workspace, preset="cpu-small", num_processes=settings.processes, check=False)
         done["text"] = (f"spacing {'x'.join(f'{s:.2f}' for s in planned.spacing)} mm, patch "
                         f"{'x'.join(map(str, planned.patch_size))}, batch {planned.batch_size}, "
                         f"{len(planned.features_per_stage)} stages, {planned.parameters:,} parameters")
+    return planned
 
-    budget = None
-    if epochs is None:
-        with stages.stage("budget", f"time the training step, choose epochs (limit {_fmt_seconds(TRAIN_TIME_LIMIT_S)} "
-                                    "of training on a CPU)") as done:
-            budget = _choose_budget(workspace, device=device, iterations=iterations, workers=workers,
-                                    learning_rate=learning_rate)
-            epochs = budget.epochs
-            done["text"] = (f"{budget.step_seconds:.3f} s per step, {epochs} epochs x {iterations} iterations, "
-                            f"about {_fmt_seconds(budget.estimated_training_seconds)} of training")
 
-    runs = [("SDM model", 1.0, "predictions", "evaluation")]
-    if ablation:
-        runs.append(("baseline", 0.0, "predictions_baseline", "evaluation_baseline"))
-    results: dict[str, dict] = {}
-    for label, weight, pred_name, eval_name in runs:
-        what = "nnU-Net + SDM head" if weight else "plain nnU-Net (sdm_weight 0)"
-        with stages.stage(f"train {label}", f"{what}, fold all, {epochs} epochs x {iterations} iterations, "
-                                            f"{workers} augmentation worker(s)") as done:
-            model = _train(workspace, sdm_weight=weight, seed=seed, epochs=epochs, iterations=iterations,
-                           device=device, workers=workers, learning_rate=learning_rate, stages=stages)
-            done["text"] = f"model {model}"
-        with stages.stage(f"predict {label}", f"{test_cases} held-out cases, {'with' if tta else 'no'} mirroring") as done:
-            predict(input=test_images, output=out / pred_name, model=model, folds=["all"], tta=tta, device=device,
-                    progress=progress)
-            done["text"] = f"{out / pred_name}"
-        with stages.stage(f"evaluate {label}", "DSC and NSD (1 mm) per organ, FLARE21 rules") as done:
-            summary = evaluate_folder(pred=out / pred_name, gt=test_labels, out=out / eval_name, progress=progress)
-            scores = _scores(summary)
-            done["text"] = _score_line(scores)
-        results[label] = {"model": model, "scores": scores, "metrics": out / eval_name / "metrics.csv",
-                          "precision": _training_precision(model)}
+def _model_run(settings: _Settings, stages: _Stages, workspace, test_images: Path, test_labels: Path, *,
+               weight: float, label: str, pred_name: str, eval_name: str) -> dict:
+    """Train one model, predict the held-out set and evaluate it."""
+    from nnsdm.evaluation import evaluate_folder
+    from nnsdm.inference import predict
 
-    comparison = None
-    if ablation:
-        with stages.stage("compare", "SDM model vs baseline on the held-out set, paired Wilcoxon test") as done:
-            comparison = _compare(results["SDM model"]["metrics"], results["baseline"]["metrics"], out / "ablation.csv")
-            both = comparison[comparison["organ"] == "all"].set_index("metric")
-            done["text"] = ", ".join(f"mean {m.upper()} {both.loc[m, 'sdm_mean']:.3f} vs {both.loc[m, 'baseline_mean']:.3f}"
-                                     for m in ("dsc", "nsd"))
+    out = settings.out
+    what = "nnU-Net + SDM head" if weight else "plain nnU-Net (sdm_weight 0)"
+    with stages.stage(f"train {label}", f"{what}, fold all, {settings.epochs} epochs x {settings.iterations} "
+                                        f"iterations, {settings.workers} augmentation worker(s)") as done:
+        model = _train(workspace, sdm_weight=weight, seed=settings.seed, epochs=settings.epochs,
+                       iterations=settings.iterations, device=settings.device, workers=settings.workers,
+                       learning_rate=settings.learning_rate, stages=stages)
+        done["text"] = f"model {model}"
+    with stages.stage(f"predict {label}", f"{settings.test_cases} held-out cases, "
+                                          f"{'with' if settings.tta else 'no'} mirroring") as done:
+        predict(input=test_images, output=out / pred_name, model=model, folds=["all"], tta=settings.tta,
+                device=settings.device, progress=settings.progress)
+        done["text"] = f"{out / pred_name}"
+    with stages.stage(f"evaluate {label}", "DSC and NSD (1 mm) per organ, FLARE21 rules") as done:
+        summary = evaluate_folder(pred=out / pred_name, gt=test_labels, out=out / eval_name, progress=settings.progress)
+        scores = _scores(summary)
+        done["text"] = _score_line(scores)
+    return {"model": model, "scores": scores, "metrics": out / eval_name / "metrics.csv",
+            "precision": _training_precision(model)}
 
-    with stages.stage("report", "tables and figures (held-out set as the external set)") as done:
-        report = write_report(workspace=workspace, out=out / "report", pred=out / "predictions", gt=test_labels,
-                              images=test_images, progress=progress)
-        done["text"] = f"{report / 'report.html'}"
+
+def _summary(settings: _Settings, stages: _Stages, planned, results: dict, comparison, report: Path,
+             load_start, budget: dict | None) -> dict:
+    """The content of ``summary.json`` (see :func:`run_demo`)."""
+    from nnsdm.device import cpu_features
 
     sdm = results["SDM model"]
     result = {
@@ -390,39 +421,31 @@ def run_demo(
         "model": str(sdm["model"]),
         "report": str(report / "report.html"),
         "stages": {k: round(v, 1) for k, v in stages.seconds.items()},
-        "config": {"train_cases": train_cases, "test_cases": test_cases, "seed": seed, "shape": list(shape),
-                   "spacing": list(spacing), "fold": "all", "epochs": epochs, "iterations": iterations,
-                   "learning_rate": learning_rate, "optimizer": "AdamW, poly schedule", "mirroring": False,
-                   "val_iterations": VAL_ITERATIONS, "tta": tta, "device": device, "workers": workers,
-                   "cpu_precision": sdm["precision"],
+        "config": {"train_cases": settings.train_cases, "test_cases": settings.test_cases, "seed": settings.seed,
+                   "shape": list(settings.shape), "spacing": list(settings.spacing), "fold": "all",
+                   "epochs": settings.epochs, "iterations": settings.iterations,
+                   "learning_rate": settings.learning_rate, "optimizer": "AdamW, poly schedule", "mirroring": False,
+                   "val_iterations": VAL_ITERATIONS, "tta": settings.tta, "device": settings.device,
+                   "workers": settings.workers, "cpu_precision": sdm["precision"],
                    "preset": "cpu-small", "plan_spacing": planned.spacing, "patch_size": planned.patch_size,
                    "batch_size": planned.batch_size, "features_per_stage": planned.features_per_stage,
                    "parameters": planned.parameters},
-        "budget": budget.as_dict() if budget is not None else None,
-        "machine": {"cpu_count": os.cpu_count(), "cpu_features": _cpu_features(), "load_average_start": [round(v, 2) for v in load_start],
+        "budget": budget,
+        "machine": {"cpu": cpu_features(), "cpu_count": os.cpu_count(), "load_average_start": [round(v, 2) for v in load_start],
                     "load_average_end": [round(v, 2) for v in os.getloadavg()]},
     }
     if comparison is not None:
         result["baseline"] = {**results["baseline"]["scores"], "model": str(results["baseline"]["model"])}
         result["ablation"] = json.loads(comparison.to_json(orient="records"))
-    write_text(out / "summary.json", json.dumps(result, indent=2) + "\n")
-    if progress:
-        stages.say(f"held-out {_score_line(sdm['scores'])}")
-        if comparison is not None:
-            base = results["baseline"]["scores"]
-            stages.say(f"baseline {_score_line(base)} (per organ tests in {out / 'ablation.csv'})")
-        stages.say(f"done in {_fmt_seconds(result['seconds'])}; summary: {out / 'summary.json'}")
-        stages.say(f"report: {report / 'report.html'}")
     return result
 
 
-def _cpu_features() -> str:
-    """What decides the CPU's speed here: the instruction set PyTorch uses and whether bf16 is native."""
-    import torch
-
-    from nnsdm.network import cpu_bf16_supported
-
-    return f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_bf16_supported() else 'no'}"
+def _say_results(stages: _Stages, result: dict, results: dict, out: Path, report: Path) -> None:
+    stages.say(f"held-out {_score_line(results['SDM model']['scores'])}")
+    if "baseline" in results:
+        stages.say(f"baseline {_score_line(results['baseline']['scores'])} (per organ tests in {out / 'ablation.csv'})")
+    stages.say(f"done in {_fmt_seconds(result['seconds'])}; summary: {out / 'summary.json'}")
+    stages.say(f"report: {report / 'report.html'}")
 
 
 def _compare(sdm_metrics: Path, baseline_metrics: Path, path: Path):

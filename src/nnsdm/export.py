@@ -17,21 +17,19 @@ import torch
 from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
 from nnsdm.errors import NnsdmError
 from nnsdm.fileio import atomic_dir
+from nnsdm.model_folder import ModelFolder
 from nnsdm.network import build_network, count_flops, count_parameters, strip_sdm_head
 
 STOCK_TRAINER = "nnUNetTrainer"
 _COPIED = ("plans.json", "dataset.json", "dataset_fingerprint.json")
 
 
-def model_folds(model: Path) -> list[str]:
-    """Fold folder names (``fold_0``, ``fold_all``...) of a model that hold a final checkpoint."""
-    model = Path(model)
-    if not model.is_dir():
-        raise NnsdmError(f"{model}: model folder not found")
-    for name in ("plans.json", "dataset.json"):
-        if not (model / name).is_file():
-            raise NnsdmError(f"{model}: not an nnsdm/nnU-Net model folder ({name} missing)")
-    folds = sorted(p.name for p in model.glob("fold_*") if (p / FINAL_CHECKPOINT).is_file())
+def model_folds(model: Path) -> list[int | str]:
+    """Folds of a model that hold a final checkpoint (an ``NnsdmError`` when there is none)."""
+    folder = ModelFolder(model).require()
+    folder.plans()  # one-line errors for a folder that is not a model folder
+    folder.dataset_json()
+    folds = folder.folds()
     if not folds:
         raise NnsdmError(f"{model}: no trained fold (no fold_*/checkpoint_final.pth)")
     return folds
@@ -40,13 +38,14 @@ def model_folds(model: Path) -> list[str]:
 def export_stock_model(model: Path, out: Path, *, overwrite: bool = False) -> Path:
     """Write ``out`` as a stock nnU-Net model folder (plans, dataset, checkpoints without the SDM head)."""
     model, out = Path(model), Path(out)
+    folder = ModelFolder(model)
     folds = model_folds(model)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for name in _COPIED:
             if (model / name).is_file():
                 shutil.copyfile(model / name, tmp / name)
         for fold in folds:
-            checkpoint = read_checkpoint(model / fold / FINAL_CHECKPOINT)
+            checkpoint = read_checkpoint(folder.fold_folder(fold) / FINAL_CHECKPOINT)
             stock = {
                 "network_weights": strip_sdm_head(checkpoint["network_weights"]),
                 "trainer_name": STOCK_TRAINER,
@@ -54,8 +53,8 @@ def export_stock_model(model: Path, out: Path, *, overwrite: bool = False) -> Pa
                 "inference_allowed_mirroring_axes": checkpoint.get("inference_allowed_mirroring_axes"),
                 "current_epoch": checkpoint.get("current_epoch"),
             }
-            (tmp / fold).mkdir()
-            torch.save(stock, tmp / fold / FINAL_CHECKPOINT)
+            (tmp / f"fold_{fold}").mkdir()
+            torch.save(stock, tmp / f"fold_{fold}" / FINAL_CHECKPOINT)
     return out
 
 

@@ -90,6 +90,32 @@ def read_image(path: str | os.PathLike):
         raise NnsdmError(f"{path}: unreadable image ({reason.strip()[:200]})") from None
 
 
+class quiet_itk:
+    """Hide ITK's warnings (GDCM prints one for every folder that holds no series) and keep the locale.
+
+    GDCM's series scan resets the process locale to "C", after which Python's default text encoding is
+    ASCII for everything that runs later in the process; the locale is restored on exit.
+    """
+
+    def __enter__(self):
+        import locale
+
+        import SimpleITK as sitk
+
+        self._old = sitk.ProcessObject.GetGlobalWarningDisplay()
+        self._locale = locale.setlocale(locale.LC_ALL)
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+    def __exit__(self, *exc):
+        import locale
+
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(self._old)
+        locale.setlocale(locale.LC_ALL, self._locale)
+        return False
+
+
 def as_array(image) -> np.ndarray:
     """Voxel array of a SimpleITK image in (z, y, x) order."""
     import SimpleITK as sitk

@@ -19,12 +19,8 @@ nnU-Net state dict (see :func:`strip_sdm_head`).
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
-
-from nnsdm.errors import NnsdmError
 
 SDM_HEAD_PREFIX = "sdm_heads."
 
@@ -117,82 +113,6 @@ def build_network(
     if num_sdm_channels <= 0:
         return unet
     return SDMUNet(unet, num_sdm_channels)
-
-
-CPU_PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def resolve_cpu_precision(cpu_precision: str) -> str:
-    """``bf16`` or ``fp32`` for ``--cpu-precision``: ``auto`` is bf16 where the CPU computes it natively."""
-    if cpu_precision not in CPU_PRECISIONS:
-        raise NnsdmError(f"--cpu-precision {cpu_precision}: choose auto, bf16 or fp32")
-    if cpu_precision == "auto":
-        return "bf16" if cpu_bf16_supported() else "fp32"
-    return cpu_precision
-
-
-# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bf16 convolutions are emulated there
-_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 convolutions pay off.
-
-    Honours the instruction-set caps PyTorch and oneDNN honour (``ATEN_CPU_CAPABILITY`` below AVX512,
-    ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16): under them bf16 runs emulated, as on a CPU without it.
-    """
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_ISAS_WITHOUT_BF16:
-        return False
-    try:
-        if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-            return False
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # private torch helpers: treat their absence as "no"
-        return False
-
-
-def use_cpu_fast_path(network: nn.Module, *, bf16: bool) -> nn.Module:
-    """Make a network that runs on the CPU about 1.5x (fp32) or 2.5x (bf16) faster per training step.
-
-    oneDNN's 3D convolutions, above all their backward pass, are much faster in the channels-last
-    (NDHWC) layout, so weights and inputs are switched to it. With ``bf16`` the forward pass runs under
-    CPU autocast with bfloat16 (the CPU counterpart of nnU-Net's fp16 autocast on CUDA; bfloat16 has
-    fp32's range, so no gradient scaler is needed). Outputs are returned in float32, so losses, Dice and
-    the exported probabilities are computed in full precision. Parameters and state dict keys are
-    unchanged (checkpoints load into a network without the fast path). Returns ``network``.
-
-    Inference in fp32 with a batch of one (nnU-Net's sliding window): PyTorch sends float32 3D
-    convolutions with a batch of one and few channels to its slow reference kernel (``slow_conv3d``,
-    about 9x slower here than oneDNN for 8 channels at 32x80x80), so without gradients such a batch is
-    run as two identical samples, which takes oneDNN's path, and the first is returned.
-    """
-    network.to(memory_format=torch.channels_last_3d)
-    forward = network.forward
-
-    def fast_forward(x: torch.Tensor, *args, **kwargs):
-        single = x.dim() == 5 and x.shape[0] == 1 and not bf16 and not torch.is_grad_enabled()
-        if single:
-            x = x.expand(2, *x.shape[1:])
-        if x.dim() == 5:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = forward(x, *args, **kwargs)
-        out = _map_outputs(out, lambda t: t.float())
-        return _map_outputs(out, lambda t: t[:1]) if single else out
-
-    network.forward = fast_forward
-    return network
-
-
-def _map_outputs(out, fn):
-    """``fn`` applied to every tensor of a network output (tensor, list/tuple, DeepSupervisionOutputs)."""
-    if isinstance(out, torch.Tensor):
-        return fn(out)
-    if isinstance(out, DeepSupervisionOutputs):
-        return DeepSupervisionOutputs([fn(o) for o in out], [fn(o) for o in out.sdm])
-    if isinstance(out, (list, tuple)):
-        return type(out)(_map_outputs(o, fn) for o in out)
-    return out
 
 
 def strip_sdm_head(state_dict: dict) -> dict:

@@ -14,9 +14,9 @@ Presets:
 * ``cpu-small``: a small network and patch for CPU demos and tests, on data resampled to at least
   3 mm between slices and 1.6 mm in-plane (nnU-Net's spacing where it is coarser already): a 32x80x80
   patch then spans 96 mm along z and 128 mm in-plane, most of an abdomen, so the network sees each
-  organ with its neighbours (with 2.3 mm slices the demo model took iliac bone below the kidneys for
-  kidney) while an iteration takes about 0.3 s on 2 cores. Predictions are resampled back to the input
-  grid as usual.
+  organ with its neighbours (a patch of thinner slices spans less of the body along z, and a small
+  model then takes iliac bone below the kidneys for kidney) while an iteration takes about 0.3 s on
+  2 cores. Predictions are resampled back to the input grid as usual.
 """
 
 from __future__ import annotations

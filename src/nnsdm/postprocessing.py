@@ -1,8 +1,8 @@
 """Connected-component post-processing of label maps.
 
 nnU-Net's "keep only the largest component" deletes a whole kidney when one label covers both kidneys
-(FLARE21 label 2), so here each label keeps its own number of largest components: FLARE21_KEEP keeps
-two for the kidneys and one for liver, spleen and pancreas.
+(FLARE21 label 2), so here each label keeps its own number of largest components
+(:data:`nnsdm.labels.FLARE21_KEEP`: two for the kidneys, one for liver, spleen and pancreas).
 
 Components are found with full connectivity (26 neighbours in 3D, 8 in 2D), as nnU-Net does:
 nnunetv2 2.8.1's ``remove_all_but_largest_component_from_segmentation`` calls acvl_utils'
@@ -17,9 +17,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["FLARE21_KEEP", "keep_largest_components"]
-
-FLARE21_KEEP: dict[int, int] = {1: 1, 2: 2, 3: 1, 4: 1}
+__all__ = ["keep_largest_components"]
 
 
 def keep_largest_components(seg: np.ndarray, *, labels: Iterable[int] | None = None,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from nnsdm.errors import NnsdmError
 from nnsdm.fileio import atomic_dir
+from nnsdm.labels import FLARE21_DATASET_LABELS
 
-__all__ = ["FLARE21_LABELS", "convert_flare21"]
+__all__ = ["convert_flare21"]
 
-FLARE21_LABELS = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 _ENDING = ".nii.gz"
 # (source folder, file prefix, destination folder)
 _IMAGE_FOLDERS = (("TrainingImg", "train", "imagesTr"), ("ValidationImg", "validation", "imagesTs"),
@@ -55,7 +55,7 @@ def convert_flare21(src: Path, out: Path, *, mode: str = "link", overwrite: bool
         "description": "MICCAI FLARE21 abdominal organ segmentation (converted by nnsdm)",
         "reference": "https://flare.grand-challenge.org/",
         "channel_names": {"0": "CT"},
-        "labels": FLARE21_LABELS,
+        "labels": FLARE21_DATASET_LABELS,
         "numTraining": n_train,
         "file_ending": _ENDING,
     }

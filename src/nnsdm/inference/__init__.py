@@ -8,10 +8,11 @@
 * :func:`flare21_memory` is the FLARE21 GPU-memory statistic.
 """
 
-from nnsdm.inference.cv_postprocessing import determine_postprocessing, keep_counts, load_postprocessing
+from nnsdm.inference.cv_postprocessing import determine_postprocessing, load_postprocessing
 from nnsdm.inference.efficiency import flare21_memory
 from nnsdm.inference.io import find_cases
 from nnsdm.inference.predict import load_model, predict
+from nnsdm.labels import keep_counts
 
 __all__ = ["predict", "determine_postprocessing", "load_postprocessing", "keep_counts", "flare21_memory",
            "find_cases", "load_model"]

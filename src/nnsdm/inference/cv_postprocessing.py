@@ -11,7 +11,6 @@ model as ``postprocessing_nnsdm.json``; ``nnsdm predict --postprocess cv`` reads
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,38 +18,11 @@ import numpy as np
 from nnsdm.errors import NnsdmError
 from nnsdm.evaluation import dice
 from nnsdm.fileio import as_array, read_image, write_text
+from nnsdm.labels import keep_counts
+from nnsdm.model_folder import ModelFolder
 
 POSTPROCESSING_FILE = "postprocessing_nnsdm.json"
-CV_COMMAND = "nnsdm determine-postprocessing --model MODEL"
-PAIRED_ORGANS = ("kidney", "kidneys")
-
-
-def keep_counts(labels: Mapping[str, object]) -> dict[int, int]:
-    """Components kept per label by the largest-component rule: 2 for a label named kidney(s), else 1.
-
-    ``labels`` is dataset.json's ``labels`` (name -> value); for the FLARE21 labels this is
-    :data:`nnsdm.postprocessing.FLARE21_KEEP`.
-    """
-    keep = {}
-    for name, value in labels.items():
-        if isinstance(value, (list, tuple)):
-            raise NnsdmError(f"label {name!r}: region-based labels are not supported by connected-component post-processing")
-        if int(value) > 0:
-            keep[int(value)] = 2 if str(name).strip().lower() in PAIRED_ORGANS else 1
-    return keep
-
-
-def _workspace_ground_truth(folder: Path) -> Path:
-    try:
-        dataset = json.loads((folder / "plans.json").read_text(encoding="utf-8"))["dataset_name"]
-    except (OSError, ValueError, KeyError):
-        raise NnsdmError(f"{folder}: not an nnsdm model folder (plans.json missing or unreadable)") from None
-    resolved = folder.resolve()
-    gt = resolved.parents[2] / "nnUNet_preprocessed" / dataset / "gt_segmentations" if len(resolved.parents) > 2 else None
-    if gt is None or not gt.is_dir():
-        raise NnsdmError(f"{folder}: ground truth not found at WORKSPACE/nnUNet_preprocessed/{dataset}/gt_segmentations "
-                         "(the model folder must stay in its workspace: WORKSPACE/nnUNet_results/<dataset>/<model>)")
-    return gt
+CV_COMMAND = "nnsdm postprocessing --model MODEL"
 
 
 def determine_postprocessing(model_folder: Path, *, progress: bool = True) -> dict:
@@ -63,19 +35,15 @@ def determine_postprocessing(model_folder: Path, *, progress: bool = True) -> di
 
     from nnsdm.postprocessing import keep_largest_components
 
-    folder = Path(model_folder)
-    if not folder.is_dir():
-        raise NnsdmError(f"{folder}: model folder not found")
-    gt_folder = _workspace_ground_truth(folder)
-    try:
-        dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise NnsdmError(f"{folder}: not an nnsdm model folder (dataset.json missing or unreadable)") from None
+    model = ModelFolder(model_folder).require()
+    folder = model.path
+    gt_folder = model.ground_truth()
+    dataset_json = model.dataset_json()
     ending = dataset_json.get("file_ending", ".nii.gz")
     names = {int(v): k for k, v in dataset_json["labels"].items() if not isinstance(v, (list, tuple))}
     keep = keep_counts(dataset_json["labels"])
-    folds = sorted(int(p.name[5:]) for p in folder.glob("fold_*") if p.name[5:].isdigit() and (p / "validation").is_dir())
-    files = [f for k in folds for f in sorted((folder / f"fold_{k}" / "validation").glob(f"*{ending}"))]
+    folds = [f for f in model.folds(holding=("validation",)) if isinstance(f, int)]
+    files = [f for k in folds for f in sorted((model.fold_folder(k) / "validation").glob(f"*{ending}"))]
     if not files:
         raise NnsdmError(f"{folder}: no cross-validation predictions (fold_K/validation/*{ending}); "
                          "train the folds with their final validation first")

@@ -24,7 +24,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnsdm.errors import NnsdmError
+from nnsdm.fileio import quiet_itk as _quiet_itk
 from nnsdm.fileio import read_image
+from nnsdm.orientation import orientation_code
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -58,28 +60,6 @@ def _nifti_case(path: Path) -> Case | None:
             return None
         stem = match["case"]
     return Case(stem, "nifti", path)
-
-
-class _quiet_itk:
-    """Hide ITK's warnings (GDCM prints one for every folder that holds no series) and keep the locale.
-
-    GDCM's series scan resets the process locale to "C", after which Python's default text encoding is
-    ASCII for everything that runs later in the process; the locale is restored on exit.
-    """
-
-    def __enter__(self):
-        import locale
-
-        self._old = sitk.ProcessObject.GetGlobalWarningDisplay()
-        self._locale = locale.setlocale(locale.LC_ALL)
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-
-    def __exit__(self, *exc):
-        import locale
-
-        sitk.ProcessObject.SetGlobalWarningDisplay(self._old)
-        locale.setlocale(locale.LC_ALL, self._locale)
-        return False
 
 
 def dicom_series(folder: Path) -> dict[str, tuple[str, ...]]:
@@ -193,33 +173,6 @@ def read_case(case: Case) -> sitk.Image:
 
 
 # --- orientation -------------------------------------------------------------------------------------
-
-def orientation_code(image_or_direction) -> str:
-    """DICOM orientation code (``LPS``, ``RAS``, ...) of a SimpleITK image or its direction cosines."""
-    direction = image_or_direction.GetDirection() if hasattr(image_or_direction, "GetDirection") else image_or_direction
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(tuple(float(d) for d in direction))
-
-
-def majority_orientation(files: Sequence[Path]) -> str | None:
-    """The most common orientation code of 3D image files (headers only); ``None`` if none is readable.
-
-    Used for a model's training orientation (its ground-truth files); ``nnsdm.json`` may record it.
-    """
-    from collections import Counter
-
-    codes: Counter = Counter()
-    reader = sitk.ImageFileReader()
-    for path in files:
-        reader.SetFileName(str(path))
-        try:
-            with _quiet_itk():
-                reader.ReadImageInformation()
-        except RuntimeError:
-            continue
-        if reader.GetDimension() == 3:
-            codes[orientation_code(reader.GetDirection())] += 1
-    return codes.most_common(1)[0][0] if codes else None
-
 
 @dataclass(frozen=True)
 class Reorientation:

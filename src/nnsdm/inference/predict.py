@@ -4,7 +4,7 @@ nnU-Net does the work: its preprocessing (``preprocessor.run_case_npy``), its pr
 window with Gaussian weighting, mirroring test-time augmentation, fold ensemble) and its export
 (``convert_predicted_logits_to_segmentation_with_correct_shape``: resampling back, uncropping,
 untransposing). nnsdm builds the network itself (:func:`nnsdm.network.build_network`, never nnU-Net's
-trainer lookup by class name, which crashes with CPU torch) and hands it to
+trainer lookup by class name: see :mod:`nnsdm.trainer` for why) and hands it to
 ``nnUNetPredictor.manual_initialization``.
 
 Signed distance maps (``save_sdm``) travel through the same sliding window in the same pass: the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,9 +29,10 @@ import torch
 from torch import nn
 
 from nnsdm.checkpoints import FINAL_CHECKPOINT, read_checkpoint
+from nnsdm.device import resolve_cpu_precision, resolve_device, use_cpu_fast_path
 from nnsdm.errors import NnsdmError
 from nnsdm.fileio import atomic_path, write_image
-from nnsdm.inference.cv_postprocessing import keep_counts, load_postprocessing
+from nnsdm.inference.cv_postprocessing import load_postprocessing
 from nnsdm.inference.efficiency import EFFICIENCY_FILE, CaseMonitor, update_efficiency_csv
 from nnsdm.inference.io import (
     Case,
@@ -40,11 +40,13 @@ from nnsdm.inference.io import (
     check_case,
     find_cases,
     label_image,
-    majority_orientation,
     nnunet_properties,
     read_case,
     reorient,
 )
+from nnsdm.labels import keep_counts
+from nnsdm.model_folder import ModelFolder
+from nnsdm.orientation import majority_orientation
 
 POSTPROCESS_CHOICES = ("none", "largest", "cv")
 SDM_SUFFIX = "_sdm"
@@ -81,29 +83,11 @@ class LoadedModel:
         return SegAndSDM(net) if with_sdm else net
 
 
-def _read_json(path: Path, folder: Path) -> dict:
-    if not path.is_file():
-        raise NnsdmError(f"{folder}: not an nnsdm model folder ({path.name} missing)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise NnsdmError(f"{path}: unreadable JSON ({exc})") from None
-
-
-def available_folds(folder: Path) -> list:
-    """Folds with a final checkpoint: the numbered folds as nnU-Net picks them, else ``'all'``."""
-    numbered = sorted(int(p.name[5:]) for p in Path(folder).glob("fold_*")
-                      if p.name[5:].isdigit() and (p / FINAL_CHECKPOINT).is_file())
-    if numbered:
-        return numbered
-    return ["all"] if (Path(folder) / "fold_all" / FINAL_CHECKPOINT).is_file() else []
-
-
-def _parse_folds(folds: Sequence[int | str] | None, folder: Path) -> list:
+def _parse_folds(folds: Sequence[int | str] | None, folder: ModelFolder) -> list:
     if folds is None or len(folds) == 0:
-        found = available_folds(folder)
+        found = folder.ensemble_folds()
         if not found:
-            raise NnsdmError(f"{folder}: no trained fold (no fold_K/{FINAL_CHECKPOINT}; training not finished?)")
+            raise NnsdmError(f"{folder.path}: no trained fold (no fold_K/{FINAL_CHECKPOINT}; training not finished?)")
         return found
     parsed = []
     for fold in folds:
@@ -121,18 +105,14 @@ def training_orientation(folder: Path, metadata: dict | None = None) -> str | No
     """The orientation code of the model's training images, or ``None`` when unknown.
 
     From ``nnsdm.json`` (``"orientation"``) when recorded there, else the most common orientation of
-    the ground-truth headers in the model's workspace (``nnUNet_preprocessed/<dataset>/gt_segmentations``).
-    ``None`` means: no reorientation (nnU-Net's own behaviour).
+    the model's training ground truth (:meth:`ModelFolder.ground_truth`). ``None`` means: no
+    reorientation (nnU-Net's own behaviour).
     """
-    folder = Path(folder).resolve()
     if metadata and metadata.get("orientation"):
         return str(metadata["orientation"])
     try:
-        dataset = json.loads((folder / "plans.json").read_text(encoding="utf-8"))["dataset_name"]
-    except (OSError, ValueError, KeyError):
-        return None
-    gt = folder.parents[2] / "nnUNet_preprocessed" / dataset / "gt_segmentations" if len(folder.parents) > 2 else None
-    if gt is None or not gt.is_dir():
+        gt = ModelFolder(folder).ground_truth()
+    except NnsdmError:
         return None
     return majority_orientation(sorted(p for p in gt.iterdir() if p.is_file()))
 
@@ -144,12 +124,9 @@ def load_model(model: Path, *, folds: Sequence[int | str] | None = None) -> Load
 
     from nnsdm.network import SDM_HEAD_PREFIX
 
-    folder = Path(model)
-    if not folder.is_dir():
-        raise NnsdmError(f"{folder}: model folder not found")
-    plans = _read_json(folder / "plans.json", folder)
-    dataset_json = _read_json(folder / "dataset.json", folder)
-    metadata = _read_json(folder / "nnsdm.json", folder) if (folder / "nnsdm.json").is_file() else {}
+    model_folder = ModelFolder(model).require()
+    folder = model_folder.path
+    plans, dataset_json, metadata = model_folder.plans(), model_folder.dataset_json(), model_folder.metadata()
     configuration = metadata.get("configuration", "3d_fullres")
     try:
         plans_manager = PlansManager(plans)
@@ -161,8 +138,8 @@ def load_model(model: Path, *, folds: Sequence[int | str] | None = None) -> Load
     if num_inputs != 1:
         raise NnsdmError(f"{folder}: model expects {num_inputs} input channels; nnsdm predict reads one CT image per case")
 
-    chosen = _parse_folds(folds, folder)
-    checkpoints = [folder / f"fold_{f}" / FINAL_CHECKPOINT for f in chosen]
+    chosen = _parse_folds(folds, model_folder)
+    checkpoints = [model_folder.fold_folder(f) / FINAL_CHECKPOINT for f in chosen]
     loaded = [read_checkpoint(p) for p in checkpoints]
     parameters = [c["network_weights"] for c in loaded]
     sdm_weights = [w for k, w in parameters[0].items() if k.startswith(SDM_HEAD_PREFIX) and k.endswith(".weight")]
@@ -226,7 +203,7 @@ def make_predictor(model: LoadedModel, *, device: torch.device, tta: bool, step_
                    cpu_precision: str = "fp32"):
     """nnU-Net's predictor for ``model`` (Gaussian sliding window, optional mirroring, all chosen folds).
 
-    On a CPU the network gets :func:`nnsdm.network.use_cpu_fast_path` (``cpu_precision`` ``bf16`` or
+    On a CPU the network gets :func:`nnsdm.device.use_cpu_fast_path` (``cpu_precision`` ``bf16`` or
     ``fp32``); on CUDA nnU-Net's own fp16 autocast applies.
     """
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -237,8 +214,6 @@ def make_predictor(model: LoadedModel, *, device: torch.device, tta: bool, step_
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     network = model.network(with_sdm=with_sdm)
     if device.type == "cpu":
-        from nnsdm.network import use_cpu_fast_path
-
         use_cpu_fast_path(network, bf16=cpu_precision == "bf16")
     predictor.manual_initialization(network, model.plans_manager, model.configuration_manager,
                                     model.parameters, model.dataset_json, model.trainer_name, model.mirror_axes)
@@ -380,14 +355,10 @@ def predict(
     """
     from tqdm import tqdm
 
-    from nnsdm.training import resolve_device
-
     if not 0 < float(step_size) <= 1:
         raise NnsdmError(f"--step-size {step_size}: must be in (0, 1]")
     if postprocess not in POSTPROCESS_CHOICES:
         raise NnsdmError(f"--postprocess {postprocess}: choose none, largest or cv")
-    from nnsdm.network import resolve_cpu_precision
-
     cpu_precision = resolve_cpu_precision(cpu_precision)
     torch_device = resolve_device(device)
     output = Path(output)

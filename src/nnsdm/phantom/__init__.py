@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from nnsdm.errors import NnsdmError
+from nnsdm.labels import FLARE21_DATASET_LABELS
 from nnsdm.phantom._case import OTHER_ORIENTATIONS, check_grid, generate_case_arrays
 
-__all__ = ["generate_case", "generate_dataset", "case_seed", "LABELS", "OTHER_ORIENTATIONS"]
+__all__ = ["generate_case", "generate_dataset", "case_seed", "OTHER_ORIENTATIONS"]
 
-LABELS = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3, "pancreas": 4}
 NAMINGS = ("nnunet", "flare21")
 
 
@@ -79,7 +79,7 @@ def generate_case(*, seed: int, shape: tuple[int, int, int] = (64, 160, 160),
 def _dataset_json(out: Path, cases: int, seed: int, shape, spacing) -> dict[str, Any]:
     return {
         "channel_names": {"0": "CT"},
-        "labels": dict(LABELS),
+        "labels": dict(FLARE21_DATASET_LABELS),
         "numTraining": cases,
         "file_ending": ".nii.gz",
         "name": out.name,

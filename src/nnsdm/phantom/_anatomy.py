@@ -64,9 +64,25 @@ def _random_walk(rng, start, n, lo, hi, step) -> list[np.ndarray]:
 
 
 def sample_anatomy(rng: np.random.Generator) -> dict:
-    """One patient's anatomy: landmarks, sizes, shape perturbations, gut and vessels, findings."""
+    """One patient's anatomy: landmarks, sizes, shape perturbations, gut and vessels, findings.
+
+    The parts are drawn in a fixed order from ``rng``, so a seed always gives the same patient.
+    """
     u = rng.uniform
     A: dict = {}
+    for sample in (_sample_body, _sample_liver, _sample_spleen, _sample_kidneys, _sample_pancreas):
+        sample(rng, A)
+    A["oral_contrast"] = bool(u() < 0.25)
+    A["gut"] = _sample_gut(rng, A)
+    A["vessels"], A["liver_vessels"] = _sample_vessels(rng, A)
+    A["gallbladder"] = _sample_gallbladder(rng, A) if u() < 0.85 else None
+    _sample_findings(rng, A)
+    return A
+
+
+def _sample_body(rng: np.random.Generator, A: dict) -> None:
+    """Body wall, spine, ribs, aorta, IVC, pelvis and diaphragm domes."""
+    u = rng.uniform
     # body: cavity outline (superellipse behind), wall layers
     A["a_in"], A["b_ant"], A["b_post"] = u(140, 160), u(88, 112), u(72, 86)
     A["back_power"] = u(2.6, 3.4)
@@ -97,6 +113,10 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
                       np.array([xi + 4, yi - 14, 75.0]), np.array([xi + 10, yi - 22, top_r - 5]),
                       np.array([xi + 22, yi - 32, top_r + 40])], [ri * 0.9, ri, ri * 1.05, ri * 1.1, ri * 1.2])
 
+
+def _sample_liver(rng: np.random.Generator, A: dict) -> None:
+    """The liver: a large right lobe and a thin left lobe tapering across the midline."""
+    u = rng.uniform
     # liver: a large right lobe and a thin left lobe tapering across the midline, under the right dome
     f = u(0.88, 1.12)
     ax = np.array([u(70, 82), u(74, 86), u(82, 96)]) * f
@@ -110,6 +130,10 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
     }
     A["fatty_liver"] = bool(u() < 0.2)
 
+
+def _sample_spleen(rng: np.random.Generator, A: dict) -> None:
+    """The spleen, posterolateral left, following the wall."""
+    u = rng.uniform
     # spleen: posterolateral left, following the wall; concave hilum facing the kidney and pancreas tail
     f = u(0.95, 1.35)
     phi = u(0.35, 0.65)
@@ -120,6 +144,10 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
     A["spleen"] = {"c": sc, "axes": sax, "phi": phi, "hilum": (sc - radial * (sax[0] + u(16, 26)), u(20, 28)),
                    "bumps": (u(2, 4), Waves(rng, 6, (40, 110)))}
 
+
+def _sample_kidneys(rng: np.random.Generator, A: dict) -> None:
+    """Both kidneys beside the spine."""
+    u = rng.uniform
     # kidneys beside the spine, upper poles medial and posterior, hilum anteromedial; the right one lower
     A["kidneys"] = []
     for side in (1, -1):  # left, right
@@ -133,6 +161,12 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
             "hilum_cut": (c + hilum * axes[0] * u(0.85, 1.0), (u(9, 13), u(9, 13), axes[2] * u(0.3, 0.45))),
             "bumps": (u(1, 2.5), Waves(rng, 5, (25, 70))), "cortex": u(8.5, 11), "medulla": u(5, 8)})
 
+
+def _sample_pancreas(rng: np.random.Generator, A: dict) -> None:
+    """The pancreas centre line from the splenic hilum to the duodenum."""
+    u = rng.uniform
+    sc, sax, phi = A["spleen"]["c"], A["spleen"]["axes"], A["spleen"]["phi"]
+    radial = np.array([math.cos(phi), math.sin(phi), 0.0])
     # pancreas centre line: tail at the splenic hilum, body and neck in front of the aorta, head by the duodenum
     xa, ya, _ = A["aorta"]
     kl = A["kidneys"][0]
@@ -145,11 +179,11 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
     A["pancreas"] = {"pts": pts, "radii": radii, "lobules": (u(1.2, 2.4), Waves(rng, 10, (8, 22))),
                      "bend": (u(0.5, 1.5), Waves(rng, 4, (30, 60))), "texture": u(8, 14)}
 
-    A["oral_contrast"] = bool(u() < 0.25)
-    A["gut"] = _sample_gut(rng, A)
-    A["vessels"], A["liver_vessels"] = _sample_vessels(rng, A)
-    A["gallbladder"] = _sample_gallbladder(rng, A) if u() < 0.85 else None
 
+def _sample_findings(rng: np.random.Generator, A: dict) -> None:
+    """Liver lesions (in the right lobe), a kidney cyst and/or tumour."""
+    u = rng.uniform
+    c1, ax = A["liver"]["right"]
     # findings: liver lesions (in the right lobe), a kidney cyst and/or tumour
     n_lesions = int(rng.choice([1, 1, 2, 3, 5])) if u() < 0.3 else 0
     lesions = []
@@ -175,7 +209,6 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
         d /= np.linalg.norm(d)
         A["kidney_tumour"] = {"kidney": 1 - cyst_side, "c": k["c"] + k["rot"] @ (d * k["axes"] * u(0.4, 0.8)),
                               "r": u(9, 20), "hu": u(60, 110), "core_hu": u(20, 40)}
-    return A
 
 
 def _sample_gut(rng, A) -> list[dict]:

@@ -54,55 +54,13 @@ def generate_case_arrays(seed: int, shape, spacing, orientation: str | None):
     arng = np.random.default_rng(anatomy_seq)
     A = sample_anatomy(arng)
     H = sample_hu(arng, A)
-    rng = np.random.default_rng(grid_seq)
-    s_xy, s_z = template_scale(shape, spacing)
+    scale = template_scale(shape, spacing)
+    g = _case_grid(np.random.default_rng(grid_seq), A, shape, spacing, scale[1])
+    orientation = orientation or g["orientation"]
+    ct, label, tissue, findings = _paint_case(np.random.default_rng(image_seq), A, H, g, scale)
 
-    # this case's grid: spacing, field of view and slice range vary around the nominal ones
-    f_xy = rng.uniform(0.78, 1.22)
-    sp_y, sp_x = spacing[1] * f_xy, spacing[2] * f_xy
-    coarse = rng.uniform() < 0.4
-    sp_z = spacing[0] * (rng.uniform(1.2, 2.0) if coarse else rng.uniform(0.8, 1.2))
-    fov = rng.uniform(0.95, 1.12)
-    ny = max(16, round(shape[1] * spacing[1] * fov / sp_y))
-    nx = max(16, round(shape[2] * spacing[2] * fov / sp_x))
-    crop_dome = rng.uniform() < 0.3
-    top = A["dome_top"] + (rng.uniform(-24, -5) if crop_dome else rng.uniform(8, 40))
-    extent = TEMPLATE_HEIGHT * rng.uniform(0.85, 1.05)
-    nz = max(8, round(extent * s_z / sp_z))
-    z_bottom = top - (nz - 1) * sp_z / s_z
-    body_y = (A["b_post"] - A["b_ant"] - A["fat"] * (A["fat_ant"] + A["fat_post"])) / 2
-    centre = (rng.normal(0, 8), body_y + rng.normal(0, 8))
-    yaw = float(np.clip(rng.normal(0, 0.06), -0.15, 0.15))
-    fov_centre = (rng.uniform(-30, 30), rng.uniform(-40, 20), rng.uniform(-700, -100))
-    drawn = "LPS" if rng.uniform() >= 0.25 else str(rng.choice(OTHER_ORIENTATIONS))
-    orientation = orientation or drawn
-    blur = (rng.uniform(0.3, 0.5), rng.uniform(0.45, 0.75))
-    noise_sd = rng.uniform(8, 22)
-    rng = np.random.default_rng(image_seq)
-
-    # paint thin slices, then average them into slices of the case's thickness (partial volume along z)
-    m = SUBSLICES
-    grid = (nz, ny, nx)
-    fine = (nz * m, ny, nx)
-    cv = Canvas(fine, (sp_z / m, sp_y, sp_x), scale=(s_xy, s_z), yaw=yaw, centre=centre,
-                z_bottom=z_bottom - (m - 1) / 2 * sp_z / m / s_z, label_step=m)
-    tex = rng.standard_normal(fine, dtype=np.float32)
-    ndimage.gaussian_filter(tex, (0.6 * m, 1.2, 1.2), output=tex, truncate=3.0)
-    tex /= max(float(tex.std()), 1e-6)
-    cv.texture = tex
-    findings = draw(cv, A, H)
-    hu = cv.hu.reshape(nz, m, ny, nx).mean(axis=1)
-    label, tissue = cv.label[m // 2::m], cv.tissue[m // 2::m]
-
-    # blur (the slice profile's tails along z, the reconstruction kernel in-plane), then correlated noise
-    hu = ndimage.gaussian_filter(hu, (blur[0], blur[1], blur[1]), truncate=3.0)
-    noise = rng.standard_normal(grid, dtype=np.float32)
-    ndimage.gaussian_filter(noise, (0.0, 0.6, 0.6), output=noise, truncate=3.0)
-    noise *= noise_sd / max(float(noise.std()), 1e-6)
-    hu += noise
-    ct = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-
-    origin = tuple(c - (n - 1) / 2 * s for c, n, s in zip(fov_centre, (nx, ny, nz), (sp_x, sp_y, sp_z)))
+    (nz, ny, nx), (sp_z, sp_y, sp_x) = g["shape"], g["spacing"]
+    origin = tuple(c - (n - 1) / 2 * s for c, n, s in zip(g["fov_centre"], (nx, ny, nz), (sp_x, sp_y, sp_z)))
 
     def image(array):
         img = sitk.GetImageFromArray(array)
@@ -119,10 +77,63 @@ def generate_case_arrays(seed: int, shape, spacing, orientation: str | None):
         "spacing": [round(s, 6) for s in reversed(ct_img.GetSpacing())],
         "liver_dome_cropped": bool((label[-1] == 1).any()),
         **findings,
-        "noise_sd": round(float(noise_sd), 2),
+        "noise_sd": round(float(g["noise_sd"]), 2),
         "hu": {k: round(float(v), 1) for k, v in H.items()},
-        "template_scale": [round(s_xy, 6), round(s_z, 6)],
+        "template_scale": [round(scale[0], 6), round(scale[1], 6)],
         "tissue": sitk.GetArrayFromImage(tissue_img),
         "tissue_names": list(TISSUES),
     }
     return ct_img, lab_img, info
+
+
+def _case_grid(rng: np.random.Generator, A: dict, shape, spacing, s_z: float) -> dict:
+    """This case's grid: spacing, field of view and slice range vary around the nominal ones; also the
+    patient's position, the stored orientation, blur and noise level."""
+    f_xy = rng.uniform(0.78, 1.22)
+    sp_y, sp_x = spacing[1] * f_xy, spacing[2] * f_xy
+    coarse = rng.uniform() < 0.4
+    sp_z = spacing[0] * (rng.uniform(1.2, 2.0) if coarse else rng.uniform(0.8, 1.2))
+    fov = rng.uniform(0.95, 1.12)
+    ny = max(16, round(shape[1] * spacing[1] * fov / sp_y))
+    nx = max(16, round(shape[2] * spacing[2] * fov / sp_x))
+    crop_dome = rng.uniform() < 0.3
+    top = A["dome_top"] + (rng.uniform(-24, -5) if crop_dome else rng.uniform(8, 40))
+    extent = TEMPLATE_HEIGHT * rng.uniform(0.85, 1.05)
+    nz = max(8, round(extent * s_z / sp_z))
+    body_y = (A["b_post"] - A["b_ant"] - A["fat"] * (A["fat_ant"] + A["fat_post"])) / 2
+    return {
+        "shape": (nz, ny, nx), "spacing": (sp_z, sp_y, sp_x), "z_bottom": top - (nz - 1) * sp_z / s_z,
+        "centre": (rng.normal(0, 8), body_y + rng.normal(0, 8)),
+        "yaw": float(np.clip(rng.normal(0, 0.06), -0.15, 0.15)),
+        "fov_centre": (rng.uniform(-30, 30), rng.uniform(-40, 20), rng.uniform(-700, -100)),
+        "orientation": "LPS" if rng.uniform() >= 0.25 else str(rng.choice(OTHER_ORIENTATIONS)),
+        "blur": (rng.uniform(0.3, 0.5), rng.uniform(0.45, 0.75)),
+        "noise_sd": rng.uniform(8, 22),
+    }
+
+
+def _paint_case(rng: np.random.Generator, A: dict, H: dict, g: dict, scale: tuple[float, float]):
+    """CT (int16 HU), label and tissue arrays of the case on its grid, and the findings painted."""
+    # paint thin slices, then average them into slices of the case's thickness (partial volume along z)
+    m = SUBSLICES
+    (nz, ny, nx), (sp_z, sp_y, sp_x) = g["shape"], g["spacing"]
+    fine = (nz * m, ny, nx)
+    cv = Canvas(fine, (sp_z / m, sp_y, sp_x), scale=scale, yaw=g["yaw"], centre=g["centre"],
+                z_bottom=g["z_bottom"] - (m - 1) / 2 * sp_z / m / scale[1], label_step=m)
+    tex = rng.standard_normal(fine, dtype=np.float32)
+    ndimage.gaussian_filter(tex, (0.6 * m, 1.2, 1.2), output=tex, truncate=3.0)
+    tex /= max(float(tex.std()), 1e-6)
+    cv.texture = tex
+    findings = draw(cv, A, H)
+    hu = cv.hu.reshape(nz, m, ny, nx).mean(axis=1)
+    label, tissue = cv.label[m // 2::m], cv.tissue[m // 2::m]
+
+    # blur (the slice profile's tails along z, the reconstruction kernel in-plane), then correlated noise
+    blur = g["blur"]
+    hu = ndimage.gaussian_filter(hu, (blur[0], blur[1], blur[1]), truncate=3.0)
+    noise = rng.standard_normal((nz, ny, nx), dtype=np.float32)
+    ndimage.gaussian_filter(noise, (0.0, 0.6, 0.6), output=noise, truncate=3.0)
+    noise *= g["noise_sd"] / max(float(noise.std()), 1e-6)
+    hu += noise
+    ct = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    return ct, label, tissue, findings

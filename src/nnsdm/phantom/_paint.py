@@ -14,6 +14,7 @@ import edt
 import numpy as np
 from scipy import ndimage
 
+from nnsdm.labels import FLARE21_DATASET_LABELS
 from nnsdm.phantom._anatomy import cavity_radius, diaphragm
 from nnsdm.phantom._geom import Canvas, ellipsoid, rotation, smax, smin, tube
 
@@ -24,7 +25,7 @@ TISSUES = (
     "pancreas", "bowel_wall", "bowel_fluid", "gas", "stool", "oral_contrast", "table", "cartilage", "iliac_bone",
 )
 T = {name: i for i, name in enumerate(TISSUES)}
-LIVER, KIDNEY, SPLEEN, PANCREAS = 1, 2, 3, 4
+LIVER, KIDNEY, SPLEEN, PANCREAS = (FLARE21_DATASET_LABELS[name] for name in ("liver", "kidney", "spleen", "pancreas"))
 ALL = (slice(None),) * 3
 
 

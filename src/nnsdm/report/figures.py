@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from nnsdm.errors import NnsdmError
-from nnsdm.evaluation import ORGANS
+from nnsdm.labels import FLARE21_LABELS
 
 ORGAN_COLOURS: dict[str, str] = {"liver": "#e6550d", "kidney": "#3b9ee6", "spleen": "#b53fd1", "pancreas": "#3fbf4a"}
 METRIC_LABELS = {"dsc": "Dice similarity coefficient (DSC)", "nsd": "Normalized surface Dice (NSD)"}
@@ -45,7 +45,7 @@ def _organ_legend(fig, organs: Sequence[str]) -> None:
 
 def violin_figure(metrics: pd.DataFrame, path: Path, *, title: str, nsd_label: str = "NSD") -> Path:
     """Violins (with every case as a dot and the median as a bar) of DSC and NSD per organ."""
-    organs = [o for o in ORGANS.values() if o in set(metrics["organ"])]
+    organs = [o for o in FLARE21_LABELS.values() if o in set(metrics["organ"])]
     fig = _figure(10, 4.4)
     axes = fig.subplots(1, 2)
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def _overlay(labels: np.ndarray, alpha: float) -> np.ndarray:
     from matplotlib.colors import to_rgba
 
     rgba = np.zeros(labels.shape + (4,))
-    for label, organ in ORGANS.items():
+    for label, organ in FLARE21_LABELS.items():
         colour = to_rgba(ORGAN_COLOURS[organ], alpha)
         rgba[labels == label] = colour
     return rgba
@@ -119,7 +119,7 @@ def _slice_index(gt: np.ndarray, pred: np.ndarray | None) -> int:
     """The axial slice with the most ground-truth organ voxels (else prediction voxels, else the middle)."""
     for labels in (gt, pred):
         if labels is not None:
-            counts = np.count_nonzero(np.isin(labels, list(ORGANS)), axis=(1, 2))
+            counts = np.count_nonzero(np.isin(labels, list(FLARE21_LABELS)), axis=(1, 2))
             if counts.max() > 0:
                 return int(np.argmax(counts))
     return gt.shape[0] // 2
@@ -171,7 +171,7 @@ def qualitative_figure(examples: Sequence[Example], path: Path, *, title: str, c
                 ax.set_title(name)
             if col == 0:
                 ax.set_ylabel(f"{ex.tag}: {ex.case}\nmean DSC {ex.score:.3f}\naxial slice {z}", fontsize=9)
-    _organ_legend(fig, list(ORGANS.values()))
+    _organ_legend(fig, list(FLARE21_LABELS.values()))
     fig.suptitle(title)
     return _save(fig, path)
 

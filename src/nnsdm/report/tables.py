@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nnsdm.checkpoints import FINAL_CHECKPOINT
 from nnsdm.errors import NnsdmError
-from nnsdm.evaluation import IMAGE_SUFFIXES, ORGANS, evaluate_case, summarize
+from nnsdm.evaluation import IMAGE_SUFFIXES, case_names, evaluate_case, find_file, map_cases, summarize
+from nnsdm.labels import FLARE21_LABELS
+from nnsdm.model_folder import LATEST_CHECKPOINT, ModelFolder
 
 log = logging.getLogger(__name__)
 
 METRICS = ("dsc", "nsd")
-METADATA_FILE = "nnsdm.json"  # written by nnsdm.training.write_metadata
 PAPER_PARAMETERS = 41_268_192
 PAPER_FLOPS = 590_861_472_000
 PAPER_PATCH = (80, 192, 160)
@@ -35,9 +35,9 @@ PAPER_PATCH = (80, 192, 160)
 
 @dataclass(frozen=True)
 class Model:
-    """One trained model folder ``<Trainer>__<Plans>__<configuration>`` and its SDM loss weight (None: unknown)."""
+    """One trained model folder in the report and its SDM loss weight (None: unknown)."""
 
-    folder: Path
+    folder: ModelFolder
     sdm_weight: float | None
 
     @property
@@ -46,7 +46,7 @@ class Model:
 
     @property
     def trainer(self) -> str:
-        return self.folder.name.split("__")[0]
+        return self.folder.trainer
 
     @property
     def label(self) -> str:
@@ -55,25 +55,9 @@ class Model:
             return self.trainer
         return f"{self.trainer} (SDM weight {self.sdm_weight:g})"
 
-    def folds(self) -> list[Path]:
-        """Fold folders holding a final (else latest) checkpoint, fold_0..fold_4 before fold_all."""
-        found = [p for p in self.folder.glob("fold_*") if p.is_dir()
-                 and any((p / f"checkpoint_{k}.pth").is_file() for k in ("final", "latest"))]
-        return sorted(found, key=lambda p: (0, int(p.name[5:]), "") if p.name[5:].isdigit() else (1, 0, p.name))
-
-
-def _sdm_weight(folder: Path) -> float | None:
-    meta = folder / METADATA_FILE
-    if meta.is_file():
-        try:
-            return float(json.loads(meta.read_text(encoding="utf-8"))["sdm_weight"])
-        except (ValueError, KeyError, TypeError):
-            raise NnsdmError(f"{meta}: not an nnsdm metadata file (no numeric sdm_weight)") from None
-    trainer = folder.name.split("__")[0]
-    if trainer == "nnsdmTrainer":
-        return 1.0
-    match = re.fullmatch(r"nnsdmTrainer_sdm([0-9p]+)", trainer)
-    return float(match.group(1).replace("p", ".")) if match else None
+    def folds(self) -> list[int | str]:
+        """Folds holding a final (else latest) checkpoint, 0..4 before ``all``."""
+        return self.folder.folds(holding=(FINAL_CHECKPOINT, LATEST_CHECKPOINT))
 
 
 def find_models(results: Path) -> list[Model]:
@@ -82,34 +66,15 @@ def find_models(results: Path) -> list[Model]:
     if not results.is_dir():
         return []
     models = []
-    for folder in sorted(results.iterdir()):
-        if folder.is_dir() and "__" in folder.name and any(folder.glob("fold_*/checkpoint_final.pth")):
-            models.append(Model(folder, _sdm_weight(folder)))
+    for path in sorted(results.iterdir()):
+        folder = ModelFolder(path)
+        if path.is_dir() and "__" in path.name and folder.folds():
+            models.append(Model(folder, folder.sdm_weight()))
     return models
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Per-case metrics
-
-
-def find_file(folder: Path, case: str, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Path | None:
-    """``folder/CASE<suffix>`` for the first suffix that exists, else None."""
-    for suffix in suffixes:
-        candidate = Path(folder) / f"{case}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def case_names(folder: Path) -> list[str]:
-    """Sorted case names of the label images (``.nii.gz``, ``.nii``, ``.mha``) in a folder."""
-    names = []
-    for p in Path(folder).iterdir():
-        for suffix in IMAGE_SUFFIXES:
-            if p.is_file() and p.name.endswith(suffix) and len(p.name) > len(suffix):
-                names.append(p.name[: -len(suffix)])
-                break
-    return sorted(names)
 
 
 def _split_val_cases(preprocessed: Path, fold: int) -> list[str] | None:
@@ -142,10 +107,10 @@ def cv_jobs(models: Sequence[Model], *, preprocessed: Path) -> tuple[list[Job], 
     gt_dir = preprocessed / "gt_segmentations"
     jobs, notes = [], []
     for model in models:
-        for fold_dir in model.folds():
-            if not fold_dir.name[5:].isdigit() or not (fold_dir / "validation").is_dir():
+        for fold in model.folds():
+            pred_dir = model.folder.fold_folder(fold) / "validation"
+            if not isinstance(fold, int) or not pred_dir.is_dir():
                 continue
-            fold, pred_dir = int(fold_dir.name[5:]), fold_dir / "validation"
             cases = _split_val_cases(preprocessed, fold) or case_names(pred_dir)
             missing = []
             for case in cases:
@@ -195,18 +160,8 @@ def score(jobs: Sequence[Job], key_names: Sequence[str], *, tolerance_mm: Mappin
 
     Columns: the key names, ``case``, ``label``, ``organ``, ``dsc``, ``nsd``.
     """
-    from tqdm import tqdm
-
-    kwargs = {"tolerance_mm": tolerance_mm}
-    bar = dict(total=len(jobs), desc=desc, unit="case", file=sys.stderr, disable=not progress)
-    items = [(job, kwargs) for job in jobs]
-    if workers > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(tqdm(pool.map(_score, items), **bar))
-    else:
-        results = [_score(item) for item in tqdm(items, **bar)]
+    items = [(job, {"tolerance_mm": tolerance_mm}) for job in jobs]
+    results = map_cases(_score, items, workers=workers, desc=desc, progress=progress)
     rows = [{**dict(zip(key_names, job.keys)), **row, "case": job.case}
             for job, case_rows in zip(jobs, results) for row in case_rows]
     columns = [*key_names, "case", "label", "organ", *METRICS]
@@ -249,7 +204,7 @@ def external_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def display_table(table: pd.DataFrame, first: Mapping[str, str]) -> pd.DataFrame:
     """A table of strings for the report: the ``first`` columns (renamed), cases, then 'mean ± std' per organ."""
-    organs = [o for o in [*ORGANS.values(), "all"] if f"{o}_dsc_mean" in table.columns]
+    organs = [o for o in [*FLARE21_LABELS.values(), "all"] if f"{o}_dsc_mean" in table.columns]
     out = pd.DataFrame({title: table[col].astype(str) for col, title in first.items()})
     out["Cases"] = table["cases"].astype(str)
     for organ in organs:
