@@ -83,6 +83,25 @@ def time_trainer(trainer, iterations: int, warmup: int) -> dict:
             "cpu_main": cpu_main, "cpu_workers": cpu_workers, "torch_threads": threads}
 
 
+def interleaved_step_cpu(trainers: dict, rounds: int = 6) -> dict:
+    """Median CPU seconds of one train step per trainer on a synthetic batch, the trainers taking turns.
+
+    Taking turns in one process, measured in the thread's CPU time, keeps other jobs on the machine from
+    favouring one trainer: the step's share of the SDM (head and MSE terms) without the workers.
+    """
+    from nnsdm.budget import synthetic_batch
+
+    batches = {label: synthetic_batch(t) for label, t in trainers.items()}
+    times: dict = {label: [] for label in trainers}
+    for r in range(rounds + 1):
+        for label, trainer in trainers.items():
+            t0 = time.thread_time()
+            trainer.train_step(batches[label])
+            if r:  # the first round warms up
+                times[label].append(time.thread_time() - t0)
+    return {label: float(np.median(v)) for label, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu-small")
@@ -150,6 +169,10 @@ def main() -> None:
           f"{ours['cpu_workers']:.3f} vs {without['cpu_workers']:.3f} s per iteration")
     overall = ours["seconds_per_iteration"] / base["seconds_per_iteration"]
     print(f"ratio SDM / nnU-Net's trainer: {overall:.3f}")
+    if args.device == "cpu":
+        steps = interleaved_step_cpu({"sdm 0": sdm0, "SDM": sdm})
+        print(f"train step alone, turns in one process, CPU s: sdm 0 {steps['sdm 0']:.3f}, SDM {steps['SDM']:.3f}, "
+              f"ratio {steps['SDM'] / steps['sdm 0']:.3f}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
                                          "ratio": ratio, "ratio_vs_nnunet": overall}, indent=2))

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["Budget", "measure_step_seconds", "choose_epochs"]
+__all__ = ["Budget", "synthetic_batch", "measure_step_seconds", "choose_epochs"]
 
 EPOCH_OVERHEAD_S = 2.0  # per epoch: checkpoint, progress plots, logging
 
@@ -38,7 +38,7 @@ class Budget:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def _synthetic_batch(trainer) -> dict:
+def synthetic_batch(trainer) -> dict:
     """A batch shaped like the trainer's (image, then one segmentation and one SDM target per output scale)."""
     patch = list(trainer.configuration_manager.patch_size)
     data = torch.randn(trainer.batch_size, trainer.num_input_channels, *patch)
@@ -55,7 +55,7 @@ def measure_step_seconds(trainer, *, repeats: int = 3) -> float:
 
     The network's weights and the optimiser state change, so use a trainer built for this measurement.
     """
-    batch = _synthetic_batch(trainer)
+    batch = synthetic_batch(trainer)
     trainer.network.train()
     trainer.train_step(batch)
     times = []
