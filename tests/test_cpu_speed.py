@@ -67,6 +67,7 @@ def test_demo_without_epochs_times_the_step_and_records_its_choice(planned_works
                               device="cpu", workers=1, processes=None, progress=False)
     chosen, budget = demo._choose_budget(settings, demo._Stages(1, False), workspace)
     assert chosen.epochs == budget["epochs"] == demo.DEFAULTS["epochs"]  # two iterations per epoch fit easily
+    assert budget["min_epochs"] == demo.MIN_EPOCHS and budget["estimated_training_seconds"] > 0
     assert budget["step_seconds"] > 0 and budget["time_limit_seconds"] == demo.TRAIN_TIME_LIMIT_S
     assert set(workspace.results.rglob("training_log_*")) == logs  # the measurement leaves no training log behind
     given, none = demo._choose_budget(demo._settings(**{**settings.__dict__, "epochs": 3}), demo._Stages(1, False), workspace)

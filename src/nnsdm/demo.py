@@ -68,9 +68,10 @@ DEFAULTS = {
 }
 VAL_ITERATIONS = 4  # validation batches per epoch: only feed nnU-Net's pseudo Dice curve (fold 'all')
 # Without --epochs the demo trains as many epochs as fit TRAIN_TIME_LIMIT_S on this machine (nnsdm.budget),
-# at least MIN_EPOCHS (held-out accuracy still meets the README's bar there), at most DEFAULTS["epochs"].
+# at least MIN_EPOCHS, at most DEFAULTS["epochs"]. The floor is the full budget: with 12 epochs the held-out
+# spleen DSC fell to 0.84 (README), below the demo's bar, so the measured step only estimates the training time.
 TRAIN_TIME_LIMIT_S = 660.0
-MIN_EPOCHS = 12
+MIN_EPOCHS = 18
 
 
 def _fmt_seconds(seconds: float) -> str:
