@@ -34,7 +34,8 @@ demo: $(STAMP)
 	$(VENV)/bin/nnsdm demo
 
 bench: $(STAMP)
-	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+	@failed=""; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || failed="$$failed $$f"; done; \
+	if [ -n "$$failed" ]; then echo "goals not met:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) nnsdm_demo nnsdm_workspace

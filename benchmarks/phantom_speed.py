@@ -51,6 +51,7 @@ def main() -> None:
     print(f"  generating cases: {gen:6.1f} s   ({gen / CASES:.2f} s per case)")
     print(f"  writing .nii.gz:  {write_gz:6.1f} s   vs uncompressed .nii {write_raw:.1f} s "
           f"(gzip costs {write_gz / max(write_raw, 1e-9):.1f}x)")
+    assert total < BUDGET_S, f"generate_dataset took {total:.1f} s, over the {BUDGET_S:.0f} s budget"
 
 
 if __name__ == "__main__":

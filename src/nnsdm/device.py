@@ -7,6 +7,8 @@ Training and prediction share these: ``--device`` (``auto``, ``cpu``, ``cuda``) 
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -25,6 +27,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_training_threads(cores: int | None = None) -> int:
+    """Torch threads for training on a CPU: the cores nnU-Net's augmentation workers leave free, at least 1.
+
+    On 2 cores with one worker that is 1 thread: the step and the augmentation (with the SDM targets) each
+    get a core. Two torch threads beside a busy worker would share 2 cores among 3 busy threads, and the
+    step's threads stall at every synchronisation point while one of them waits for a core.
+    """
+    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores - get_allowed_n_proc_DA())
+
+
 CPU_PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -37,12 +52,30 @@ def resolve_cpu_precision(cpu_precision: str) -> str:
     return cpu_precision
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bf16 convolutions are emulated there
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 convolutions pay off."""
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 convolutions pay off.
+
+    Honours the instruction-set caps PyTorch and oneDNN honour (``ATEN_CPU_CAPABILITY`` below AVX512,
+    ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16): under them bf16 runs emulated, as on a CPU without it.
+    """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     try:
+        if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+            return False
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):  # private torch helpers: treat their absence as "no"
         return False
+
+
+def cpu_features() -> str:
+    """What decides a CPU's speed here: the instruction set PyTorch uses, native bf16 or not, and the cores."""
+    return (f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_bf16_supported() else 'no'}, "
+            f"{os.cpu_count()} cores")
 
 
 def use_cpu_fast_path(network: nn.Module, *, bf16: bool) -> nn.Module:

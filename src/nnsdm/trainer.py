@@ -34,7 +34,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnsdm.checkpoints import read_checkpoint
-from nnsdm.device import resolve_cpu_precision, use_cpu_fast_path
+from nnsdm.device import cpu_training_threads, resolve_cpu_precision, use_cpu_fast_path
 from nnsdm.errors import NnsdmError
 from nnsdm.model_folder import TRAINER_NAME, ModelFolder, trainer_name
 from nnsdm.network import DeepSupervisionOutputs, build_network
@@ -55,18 +55,24 @@ class SDMTargetTransform(BasicTransform):
     (spacing = planned spacing / scale).
     """
 
-    def __init__(self, classes, spacing, ds_scales) -> None:
+    def __init__(self, classes, spacing, ds_scales, weights=None) -> None:
         super().__init__()
         self.classes = tuple(int(c) for c in classes)
         self.spacing = tuple(float(s) for s in spacing)
         self.ds_scales = [tuple(s) for s in ds_scales] if ds_scales is not None else None
+        # loss weight per scale: a scale whose weight is 0 gets an empty placeholder, not a target nobody reads
+        self.weights = [float(w) for w in weights] if weights is not None else None
 
     def apply(self, data_dict: dict, **params) -> dict:
         seg = data_dict["segmentation"]
         segs = list(seg) if isinstance(seg, (list, tuple)) else [seg]
         scales = self.ds_scales or [(1.0,) * len(self.spacing)]
+        weights = self.weights or [1.0] * len(scales)
         sdms = []
-        for s, scale in zip(segs, scales):
+        for s, scale, weight in zip(segs, scales, weights):
+            if weight == 0:
+                sdms.append(torch.zeros(0))
+                continue
             spacing = [sp / f for sp, f in zip(self.spacing, scale)]
             labels = s[0].numpy() if isinstance(s, torch.Tensor) else np.asarray(s[0])
             sdms.append(torch.from_numpy(signed_distance_map(labels, self.classes, spacing)))
@@ -154,6 +160,13 @@ class nnsdmTrainer(nnUNetTrainer):
         super().initialize()
         if self.device.type == "cpu":
             use_cpu_fast_path(self.network, bf16=self.cpu_precision_used == "bf16")
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(cpu_training_threads())
+
+    def on_train_end(self):
+        super().on_train_end()
+        if getattr(self, "_threads_before", None):
+            torch.set_num_threads(self._threads_before)  # prediction afterwards uses every core again
 
     @property
     def cpu_precision_used(self) -> str | None:
@@ -178,8 +191,10 @@ class nnsdmTrainer(nnUNetTrainer):
     # --- targets -----------------------------------------------------------------------------------
     def _with_sdm_targets(self, compose, deep_supervision_scales):
         if self.sdm_weight > 0:
+            weights = getattr(getattr(self, "loss", None), "ds_weights", None)  # set by initialize()
             compose.transforms.append(SDMTargetTransform(self.label_manager.foreground_labels,
-                                                         self.configuration_manager.spacing, deep_supervision_scales))
+                                                         self.configuration_manager.spacing, deep_supervision_scales,
+                                                         weights))
         return compose
 
     def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
