@@ -166,3 +166,31 @@ def test_a_short_image_write_on_a_full_disk_never_gets_the_final_name():
               "except NnsdmError as exc:\n    print(exc)\nprint(sorted(os.listdir('/mnt')))\n")
     result = subprocess.run([*wrap, sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.stdout.splitlines() == ["/mnt/x.nii.gz: cannot write image (short write: disk full?)", "[]"], result.stderr
+
+
+POOL_SCRIPT = """
+import argparse, sys
+from multiprocessing import Pool
+import nnsdm.cli
+
+def square(x):
+    return x * x
+
+def command(args):
+    with Pool(2) as pool:  # leaving the block terminates the workers with SIGTERM
+        print(sum(pool.map(square, range(10))))
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=command)
+    nnsdm.cli.build_parser = lambda: parser
+    sys.exit(nnsdm.cli.main([]))
+"""
+
+
+def test_pool_workers_ended_by_sigterm_stay_quiet(tmp_path):
+    """Forked workers inherit the SIGTERM handler; they must die as by default, not print a traceback."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "285", "")

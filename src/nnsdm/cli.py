@@ -393,8 +393,19 @@ class Terminated(BaseException):
     """Raised in the main thread when the process receives SIGTERM (so ``finally`` blocks clean up)."""
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+def _sigterm_handler(main_pid: int):
+    """Raise :class:`Terminated` in this process; forked workers (multiprocessing ends its pools with
+    SIGTERM) inherit the handler and die as by default instead."""
+    import signal
+
+    def handle(signum, frame) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+
+    return handle
 
 
 def _os_error(exc: OSError) -> str:
@@ -424,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid())) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except NnsdmError as exc:
