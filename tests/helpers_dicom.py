@@ -15,25 +15,33 @@ import SimpleITK as sitk
 SLICE = 24  # pixels per side of the phantom series
 
 
+def _new_ct_slice():
+    """An empty CT image dataset with file meta information and a fresh SOP instance UID."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def write_series(folder: Path, *, slices: int = 8, step: float = 2.5, positions=None, modality: str = "CT",
                  rescale: bool = True, rescale_type: str | None = None, orientation=(1, 0, 0, 0, 1, 0),
                  pixel_spacing=(1.5, 1.5)) -> Path:
     """A CT-like DICOM series written with pydicom, one file per slice, with exactly the tags asked for."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     series, study = generate_uid(), generate_uid()
     positions = positions if positions is not None else [(0.0, 0.0, k * step) for k in range(slices)]
     rng = np.random.default_rng(0)
     for k, position in enumerate(positions):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = _new_ct_slice()
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, study
         ds.Modality, ds.PatientID, ds.InstanceNumber = modality, "phantom", k + 1
         ds.ImagePositionPatient = [float(v) for v in position]
@@ -114,9 +122,7 @@ def write_ct_series(image: sitk.Image, out: Path, *, reverse_instances: bool = F
 
     Instance numbers follow the z index, or run against it with ``reverse_instances``.
     """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     out.mkdir(parents=True, exist_ok=True)
     array = sitk.GetArrayFromImage(image).astype(np.int16)
@@ -125,12 +131,7 @@ def write_ct_series(image: sitk.Image, out: Path, *, reverse_instances: bool = F
     sx, sy, _ = image.GetSpacing()
     paths = []
     for k in range(array.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = _new_ct_slice()
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         for key, value in PATIENT.items():
             setattr(ds, key, value)
