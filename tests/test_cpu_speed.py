@@ -63,7 +63,7 @@ def test_demo_without_epochs_times_the_step_and_records_its_choice(planned_works
     workspace = planned_workspace[0]
     logs = set(workspace.results.rglob("training_log_*"))
     settings = demo._settings(out=tmp_path, ablation=False, train_cases=4, test_cases=1, seed=0, shape=(24, 64, 64),
-                              spacing=(8.0, 5.0, 5.0), epochs=None, iterations=2, learning_rate=3e-3, tta=False,
+                              spacing=(8.0, 5.0, 5.0), epochs=None, seeds=1, iterations=2, learning_rate=3e-3, tta=False,
                               device="cpu", workers=1, processes=None, progress=False)
     chosen, budget = demo._choose_budget(settings, demo._Stages(1, False), workspace)
     assert chosen.epochs == budget["epochs"] == demo.DEFAULTS["epochs"]  # two iterations per epoch fit easily

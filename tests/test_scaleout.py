@@ -176,8 +176,9 @@ def test_preempted_training_job_is_requeued_and_trains_every_epoch_once(slurm, p
     assert main(["train", "--workspace", str(workspace.root), "--fold", "0", *budget, *SLURM,
                  "--slurm-time", "6", "--slurm-signal-delay", "300"]) == 0
     record = load_records(workspace.root / "nnsdm_jobs")[0]
-    # and, so that a fast machine sees one too, a preemption (SLURM's SIGUSR2 to the running job) after epoch 1
-    _wait_until(lambda: load_record(record.job_file).state.done >= 1)
+    # and, so that a fast machine sees one too, a preemption (SLURM's SIGUSR2 to the running job) as soon as it
+    # runs: the job defers it to the end of its first epoch, so the requeue comes before the last epoch
+    _wait_until(lambda: load_record(record.job_file).state.state == "running")
     subprocess.run(["scancel", "--signal=USR2", record.job_id], check=False)  # pending after a requeue: no-op
     final = wait([record], progress=False, timeout_s=TIMEOUT_S)
     done = load_record(record.job_file)

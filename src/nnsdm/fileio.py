@@ -26,6 +26,8 @@ def _umask() -> int:
 
 def _name_final(exc: OSError, tmp: Path, final: Path) -> None:
     """Make an operating-system error name the final path the user asked for, not the hidden temporary one."""
+    if exc.errno is None:  # not from the operating system (e.g. OSError("message")): its message says it all
+        return
     name = "" if exc.filename is None else str(exc.filename)
     if not name:
         exc.filename = str(final)
