@@ -100,7 +100,7 @@ start() {
     runuser -u munge -- /usr/sbin/munged
     touch "$STATE/munged.started"  # stopped again by `stop`
   fi
-  pid_alive "$STATE/slurmctld.pid" || slurmctld
+  pid_alive "$STATE/slurmctld.pid" || slurmctld -c  # -c: no jobs recovered from an earlier run
   pid_alive "$STATE/slurmd.pid" || slurmd
   local deadline=$((SECONDS + WAIT_S))
   until cluster_works; do

@@ -48,6 +48,25 @@ def planned_workspace(tmp_path_factory, phantom_dataset):
     return workspace, summary
 
 
+@pytest.fixture
+def copy_planned(planned_workspace):
+    """``copy_planned(dest)``: a copy of the planned workspace without any model in it.
+
+    ``trained_model`` trains in the shared workspace; a test that trains its own copy must not find that
+    model (a finished fold is skipped, not retrained).
+    """
+    import shutil
+
+    from nnsdm.workspace import Workspace
+
+    def copy(dest: Path) -> Workspace:
+        source = planned_workspace[0]
+        ignore = lambda folder, names: [n for n in names if Path(folder, n) == source.results]  # noqa: E731
+        return Workspace(shutil.copytree(source.root, dest, symlinks=True, ignore=ignore))
+
+    return copy
+
+
 @pytest.fixture(scope="session")
 def trained_model(planned_workspace) -> Path:
     """Model folder of a tiny SDM model (fold 0, 2 epochs of 3 iterations, final validation without TTA)."""

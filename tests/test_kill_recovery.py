@@ -19,7 +19,6 @@ import pytest
 import SimpleITK as sitk
 
 from nnsdm.checkpoints import read_checkpoint
-from nnsdm.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 EPOCHS = 2
@@ -54,8 +53,8 @@ def _complete_checkpoints(fold: Path) -> list[str]:
     return names
 
 
-def test_train_killed_anywhere_resumes_to_the_same_end(planned_workspace, tmp_path):
-    workspace = Workspace(shutil.copytree(planned_workspace[0].root, tmp_path / "ws", symlinks=True))
+def test_train_killed_anywhere_resumes_to_the_same_end(copy_planned, tmp_path):
+    workspace = copy_planned(tmp_path / "ws")
     fold = workspace.results / workspace.dataset_name() / "nnsdmTrainer__nnUNetPlans__3d_fullres" / "fold_1"
     log = tmp_path / "train.log"
     args = ["train", "--workspace", workspace.root, *TRAIN]

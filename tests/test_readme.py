@@ -8,7 +8,6 @@ import shlex
 import shutil
 from pathlib import Path
 
-import pytest
 
 from nnsdm.cli import build_parser, main
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import SimpleITK as sitk
 from scipy.stats import wilcoxon
 
 from nnsdm.errors import NnsdmError

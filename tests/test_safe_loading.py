@@ -72,13 +72,11 @@ def test_nnsdm_checkpoints_load_for_inference_and_resume(trained_model):
     assert all(isinstance(v, torch.Tensor) for v in checkpoint["network_weights"].values())
 
 
-def test_stock_nnunet_checkpoints_load(planned_workspace, tmp_path):
+def test_stock_nnunet_checkpoints_load(copy_planned, tmp_path):
     """A checkpoint written by nnU-Net's own trainer (its save_checkpoint, numpy values of every float width in the log)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnsdm.workspace import Workspace
-
-    workspace = Workspace(shutil.copytree(planned_workspace[0].root, tmp_path / "ws", symlinks=True))  # its log stays here
+    workspace = copy_planned(tmp_path / "ws")  # its log stays here
     name = workspace.dataset_name(None)
     workspace.activate()
     plans = {**workspace.load_plans(name), "continue_training": False}

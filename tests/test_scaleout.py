@@ -53,11 +53,6 @@ def slurm():
         pytest.skip(f"SLURM not available: {problem}; start a local cluster with scripts/slurm-cluster.sh start")
 
 
-def _copy_workspace(planned_workspace, dest: Path) -> Workspace:
-    workspace, _ = planned_workspace
-    return Workspace(shutil.copytree(workspace.root, dest, symlinks=True))
-
-
 def _model(workspace: Workspace, trainer: str = "nnsdmTrainer") -> Path:
     return workspace.results / workspace.dataset_name() / f"{trainer}__nnUNetPlans__3d_fullres"
 
@@ -84,6 +79,12 @@ def _wait_until(condition, timeout: float = TIMEOUT_S, poll: float = 0.3):
     raise AssertionError("condition not met in time")
 
 
+def _started(record: JobRecord):
+    """The job's state once it left "pending", else None."""
+    state = load_record(record.job_file).state
+    return state if state.state != "pending" else None
+
+
 # --- without a cluster ---------------------------------------------------------------------------------
 
 def test_shards_are_deterministic_and_cover_every_case_once():
@@ -104,12 +105,12 @@ def test_slurm_time_and_sbatch_options_parse_or_fail_in_one_line():
         parse_extra(["account"])
 
 
-def test_splits_are_written_up_front_as_nnunet_would(planned_workspace, tmp_path):
+def test_splits_are_written_up_front_as_nnunet_would(copy_planned, tmp_path):
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
     from nnsdm.scaleout.study import ensure_splits
 
-    workspace = _copy_workspace(planned_workspace, tmp_path / "ws")
+    workspace = copy_planned(tmp_path / "ws")
     name = workspace.dataset_name()
     (workspace.preprocessed / name / "splits_final.json").unlink(missing_ok=True)
     path = ensure_splits(workspace, name)
@@ -143,9 +144,9 @@ def test_status_reads_disk_and_flags_a_job_that_vanished(tmp_path, capsys):
 # --- on the cluster ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_two_fold_cv_on_slurm_matches_the_local_launcher(slurm, planned_workspace, tmp_path):
-    on_slurm = _copy_workspace(planned_workspace, tmp_path / "slurm")
-    local = _copy_workspace(planned_workspace, tmp_path / "local")
+def test_two_fold_cv_on_slurm_matches_the_local_launcher(slurm, copy_planned, tmp_path):
+    on_slurm = copy_planned(tmp_path / "slurm")
+    local = copy_planned(tmp_path / "local")
     result = _cli("train", "--workspace", str(on_slurm.root), "--fold", "0", "1", *BUDGET, *SLURM, "--wait")
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"submitted fold 0, sdm-weight 1: SLURM job \d+_0", result.stdout)
@@ -167,8 +168,8 @@ def test_two_fold_cv_on_slurm_matches_the_local_launcher(slurm, planned_workspac
 
 
 @pytest.mark.slow
-def test_preempted_training_job_is_requeued_and_trains_every_epoch_once(slurm, planned_workspace, tmp_path):
-    workspace = _copy_workspace(planned_workspace, tmp_path / "ws")
+def test_preempted_training_job_is_requeued_and_trains_every_epoch_once(slurm, copy_planned, tmp_path):
+    workspace = copy_planned(tmp_path / "ws")
     epochs = 30  # about a second each here: long enough to signal the job while it runs
     budget = [w if w != "2" else str(epochs) for w in BUDGET]
     # a 6-minute time limit with SLURM's warning 300 s before it (sent 30-60 s into each run, as SLURM checks
@@ -179,13 +180,18 @@ def test_preempted_training_job_is_requeued_and_trains_every_epoch_once(slurm, p
     record = load_records(workspace.root / "nnsdm_jobs")[0]
     # and, so that a fast machine sees one too, a preemption (SLURM's SIGUSR2 to the running job) as soon as it
     # runs: the job defers it to the end of its first epoch, so the requeue comes before the last epoch
-    _wait_until(lambda: load_record(record.job_file).state.state == "running")
+    started = _wait_until(lambda: _started(record))
+    assert started.state == "running", started  # a fold that is already finished would end here as "done"
     subprocess.run(["scancel", "--signal=USR2", record.job_id], check=False)  # pending after a requeue: no-op
+    fold = _model(workspace) / "fold_0"
+    # SLURM signals every process of the job: one more request during the final validation (its worker pools
+    # must not die of it) is ignored, and the validation finishes
+    _wait_until(lambda: (fold / "validation").is_dir(), poll=0.02)
+    subprocess.run(["scancel", "--signal=USR2", record.job_id], check=False)
     final = wait([record], progress=False, timeout_s=TIMEOUT_S)
     done = load_record(record.job_file)
     assert final == {record.key: "done"}, done.state
     assert done.state.attempts >= 2 and done.state.done == epochs
-    fold = _model(workspace) / "fold_0"
     assert _epochs_in_logs(fold) == list(range(epochs))  # each epoch trained exactly once over all runs
     assert len(list(fold.glob("training_log_*.txt"))) >= 2
     assert "Requeued job" in Path(done.log).read_text(encoding="utf-8")  # submitit's own log line

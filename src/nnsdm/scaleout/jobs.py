@@ -9,18 +9,21 @@ to ``KEY.state.json`` as it goes (see :mod:`nnsdm.scaleout.records`).
 Stopping. ``SIGUSR2`` (SLURM's warning before the time limit, or preemption) asks a training job to
 stop at the next epoch boundary: the epoch in progress finishes, ``checkpoint_latest.pth`` is written,
 and the job is requeued (on SLURM) or ends (locally), so every epoch is trained exactly once and every
-run trains at least one; once no epoch is left, the fold's final validation runs to its end. Shards
+run trains at least one; once no epoch is left, the fold's final validation runs to its end (``SIGUSR2``
+is ignored then: SLURM signals every process of the job, and the validation's worker pools, started
+with the spawn method, would die of it and leave the validation waiting for them forever). Shards
 stop at once (a shard's case in progress leaves no file and
 is predicted again). ``SIGTERM`` (``scancel``, Ctrl-C through the local launcher) stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,15 @@ class StopControl:
     def install(self) -> None:
         signal.signal(signal.SIGUSR2, self._on_usr2)
         signal.signal(signal.SIGTERM, self._on_term)
+
+    @contextlib.contextmanager
+    def ignoring_stop_requests(self) -> Iterator[None]:
+        """``SIGUSR2`` ignored, also by every process started meanwhile (an ignored signal stays ignored across exec)."""
+        previous = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGUSR2, previous)
 
     def _on_usr2(self, signum, frame) -> None:
         self.requested = True
@@ -135,7 +147,8 @@ def run_training_job(record: JobRecord, control: StopControl) -> None:
     record.report(state="running", total=options.epochs)
     _run(trainer, dataclasses.replace(options, resume=resume, validate=False))
     if options.validate:  # no epoch left: a stop request lets the validation finish
-        validate_fold(trainer, tta=options.validation_tta)
+        with control.ignoring_stop_requests():
+            validate_fold(trainer, tta=options.validation_tta)
     record.report(state="done", done=trainer.current_epoch, total=trainer.num_epochs, error=None)
 
 

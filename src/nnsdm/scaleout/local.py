@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from nnsdm.scaleout.records import JobRecord
 
