@@ -73,6 +73,9 @@ def test_phantom_refuses_to_overwrite_and_bad_arguments(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "user data"
     assert main(["phantom", str(tmp_path / "x"), "--cases", "0"]) == 1
     assert not (tmp_path / "x").exists()
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["phantom", str(tmp_path / "y"), "--shape", "12x12"])
     assert exc.value.code == 2
+    err = capsys.readouterr().err  # one line, no usage block
+    assert err.count("\n") == 1 and err.startswith("nnsdm phantom: error: argument --shape") and "nnsdm phantom --help" in err

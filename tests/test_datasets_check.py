@@ -207,6 +207,21 @@ def test_spacing_mismatch(ds):
     assert p.file == lab(ds) and "spacing (2.5, 0.8, 0.9) differs" in p.message
 
 
+def _with_pixdim_z(path: Path, value: float) -> None:
+    """Rewrite a .nii.gz with pixdim[3] (the z spacing, as the header stores it) set to ``value``."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[88:92] = np.float32(value).tobytes()
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def test_spacing_that_is_not_positive(ds):
+    for path in (img(ds), lab(ds)):
+        _with_pixdim_z(path, -2.5)
+    problems = check(ds)
+    assert sorted(p.file for p in problems) == sorted([img(ds), lab(ds)])
+    assert all("voxel spacing (-2.5, 0.8, 0.8) (z, y, x, mm) is not finite and positive" in p.message for p in problems)
+
+
 def test_origin_mismatch(ds):
     write(lab(ds, "case_002"), mask(), origin=(0.0, 5.0, 0.0))
     p = only(check(ds))

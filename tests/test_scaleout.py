@@ -228,7 +228,7 @@ def test_cancelled_shard_then_rerun_predicts_every_case_once_and_reports_the_cor
     predict(input=good, output=reference, model=trained_model, tta=False, device="cpu", progress=False)
     out = tmp_path / "out"
     command = ["predict", "-i", str(mixed), "-o", str(out), "--model", str(trained_model), "--no-tta", "--device", "cpu",
-               *SLURM, "--shards", "2"]
+               "--preview", *SLURM, "--shards", "2"]
     assert main(command) == 0
     records = load_records(out / "nnsdm_jobs")
     assert [r.spec["shard"] for r in records] == [0, 1]
@@ -255,6 +255,12 @@ def test_cancelled_shard_then_rerun_predicts_every_case_once_and_reports_the_cor
     assert {n: (out / n).stat().st_mtime_ns for n in first} == first  # finished cases were not predicted again
     rows = (out / "efficiency.csv").read_text(encoding="utf-8").splitlines()
     assert sorted(r.split(",")[0] for r in rows[1:]) == [n[: -len(".nii.gz")] for n in labels]
+    from PIL import Image
+
+    previews = sorted(p.name for p in out.glob("*_preview.png"))
+    assert previews == [n.replace(".nii.gz", "_preview.png") for n in labels]
+    with Image.open(out / "previews.png") as sheet, Image.open(out / previews[0]) as one:  # room for every case's tile
+        assert sheet.width * sheet.height >= len(previews) * 600 * round(one.height * 600 / one.width)
     leftovers = [p for p in out.rglob("*") if ".tmp" in p.name]
     assert not leftovers
     assert main(["status", str(out)]) == 0

@@ -207,8 +207,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the usage itself is one ``--help`` away), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnsdm", description="Signed-distance-map training for nnU-Net v2 (FLARE21 organs).")
+    parser = _Parser(prog="nnsdm", description="Signed-distance-map training for nnU-Net v2 (FLARE21 organs).")
     parser.add_argument("--version", action="version", version=f"nnsdm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -354,6 +354,8 @@ def _read_header(path: Path) -> tuple[_Header | None, list[Problem]]:
         return None, [Problem(path, incomplete)]
     header = _Header(path, size, tuple(reader.GetSpacing()), tuple(reader.GetOrigin()), tuple(reader.GetDirection()),
                      reader.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64))
+    if not all(np.isfinite(header.spacing)) or min(header.spacing) <= 0:  # resampling divides by it
+        return None, [Problem(path, f"voxel spacing {_zyx(header.spacing)} (z, y, x, mm) is not finite and positive")]
     return header, []
 
 

@@ -46,6 +46,7 @@ def run_shard(record: JobRecord, control) -> None:
     """Predict this shard's cases (see the module docstring) and merge the results of all shards."""
     from nnsdm.inference.io import find_cases
     from nnsdm.inference.predict import case_outputs
+    from nnsdm.inference.preview import PREVIEW_SUFFIX
     from nnsdm.locking import hold, lock_name
 
     spec = record.spec
@@ -63,7 +64,10 @@ def run_shard(record: JobRecord, control) -> None:
         with hold(output, lock_name("predict", spec["shard"], spec["shards"])):  # one writer per shard
             _predict_shard(record, todo, failed, qc=qc)
     record.report(state="done", error=f"{len(failed)} case(s) failed" if failed else None)
-    merge_results(record.folder, output)
+    previews = []
+    if spec.get("preview", False):  # the contact sheet shows every shard's cases
+        previews = [output / f"{c.name}{PREVIEW_SUFFIX}" for c in find_cases(Path(spec["input"]))]
+    merge_results(record.folder, output, previews=previews)
 
 
 def _predict_shard(record: JobRecord, todo: list, failed: dict[str, str], *, qc: bool) -> None:
@@ -105,11 +109,14 @@ def _merge_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def merge_results(jobs_folder: Path, output: Path) -> tuple[Path, Path | None]:
-    """Write ``efficiency.csv`` from every shard's rows and ``failed_cases.csv`` from every shard's failures."""
+def merge_results(jobs_folder: Path, output: Path, *, previews: Sequence[Path] = ()) -> tuple[Path, Path | None]:
+    """Write ``efficiency.csv`` from every shard's rows, ``failed_cases.csv`` from every shard's failures and
+    the contact sheet of the ``previews`` written so far."""
     from nnsdm.inference.efficiency import COLUMNS, EFFICIENCY_FILE, CaseEfficiency, update_efficiency_csv
+    from nnsdm.inference.results import write_contact_sheet
 
     with _merge_lock(jobs_folder):
+        write_contact_sheet(output, list(previews))
         rows = []
         for part in sorted((jobs_folder / "efficiency").glob("*.csv")):
             with open(part, newline="", encoding="utf-8") as f:
