@@ -83,14 +83,26 @@ def time_trainer(trainer, iterations: int, warmup: int) -> dict:
             "cpu_main": cpu_main, "cpu_workers": cpu_workers, "torch_threads": threads}
 
 
+def synthetic_batch(trainer) -> dict:
+    """A batch shaped like the trainer's (image, then one segmentation and one SDM target per output scale)."""
+    import torch
+
+    patch = list(trainer.configuration_manager.patch_size)
+    data = torch.randn(trainer.batch_size, trainer.num_input_channels, *patch)
+    with torch.no_grad():
+        outputs = trainer.network(data)
+    seg = [torch.zeros(o.shape[0], 1, *o.shape[2:]) for o in outputs]
+    weights = getattr(trainer.loss, "ds_weights", None)
+    sdm = [torch.zeros(s.shape) if w else torch.zeros(0) for s, w in zip(getattr(outputs, "sdm", []), weights or [])]
+    return {"data": data, "target": seg + sdm}
+
+
 def interleaved_step_cpu(trainers: dict, rounds: int = 6) -> dict:
     """Median CPU seconds of one train step per trainer on a synthetic batch, the trainers taking turns.
 
     Taking turns in one process, measured in the thread's CPU time, keeps other jobs on the machine from
     favouring one trainer: the step's share of the SDM (head and MSE terms) without the workers.
     """
-    from nnsdm.budget import synthetic_batch
-
     batches = {label: synthetic_batch(t) for label, t in trainers.items()}
     times: dict = {label: [] for label in trainers}
     for r in range(rounds + 1):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "nnsdm"
 # top (may import everything below it) to bottom (imports nothing above it); see the README's Development
-LAYERS = ["cli", "scaleout", "demo", "report", "inference", "evaluation", "export", "training", "trainer", "budget",
+LAYERS = ["cli", "scaleout", "demo", "report", "inference", "evaluation", "export", "training", "trainer",
           "phantom", "postprocessing", "model_folder", "planning", "datasets", "checkpoints", "model_json", "locking",
           "device", "network", "sdm", "orientation", "labels", "workspace", "fileio", "errors"]
 # siblings that must not import each other either way: prediction needs no training code

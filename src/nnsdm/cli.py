@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes for scoring cases (default 1)")
     p.set_defaults(func=_cmd_report)
 
-    from nnsdm.demo import DEFAULT_OUT, DEFAULTS, MIN_EPOCHS, TRAIN_TIME_LIMIT_S
+    from nnsdm.demo import DEFAULT_OUT, DEFAULTS
 
     p = sub.add_parser("demo", help="the whole pipeline on synthetic CT: data, plan, train, predict, evaluate, report",
                        description="Generate synthetic CT (training and held-out sets), check, plan (cpu-small), train the SDM "
@@ -384,9 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"random seed (default {DEFAULTS['seed']})")
     p.add_argument("--shape", type=_shape, help="phantoms' nominal shape z x y x x (default {})".format("x".join(map(str, DEFAULTS["shape"]))))
     p.add_argument("--spacing", type=_spacing, help="phantoms' nominal spacing in mm (default {})".format("x".join(map(str, DEFAULTS["spacing"]))))
-    p.add_argument("--epochs", type=int, help=f"training epochs (default: as many as fit about {TRAIN_TIME_LIMIT_S / 60:.0f} "
-                                          f"minutes of training on this CPU, {MIN_EPOCHS} to {DEFAULTS['epochs']}; the "
-                                          "chosen number and the estimated training time go to summary.json)")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default {DEFAULTS['epochs']})")
     p.add_argument("--iterations", type=int, help=f"iterations per epoch (default {DEFAULTS['iterations']})")
     p.add_argument("--learning-rate", type=float, help=f"initial AdamW learning rate (default {DEFAULTS['learning_rate']})")
     p.add_argument("--workers", type=int, help="augmentation worker processes (default: CPU cores - 1)")

@@ -27,16 +27,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cpu_training_threads(cores: int | None = None) -> int:
-    """Torch threads for training on a CPU: the cores nnU-Net's augmentation workers leave free, at least 1.
+def cpu_training_threads(cores: int | None = None, *, passive_wait: bool | None = None) -> int:
+    """Torch threads for training on a CPU: every core where OpenMP's threads sleep while they wait, else the
+    cores nnU-Net's augmentation workers leave free (at least 1).
 
-    On 2 cores with one worker that is 1 thread: the step and the augmentation (with the SDM targets) each
-    get a core. Two torch threads beside a busy worker would share 2 cores among 3 busy threads, and the
-    step's threads stall at every synchronisation point while one of them waits for a core.
+    ``passive_wait`` (default: whether torch's OpenMP runtime was loaded under ``OMP_WAIT_POLICY=PASSIVE``,
+    which importing nnsdm sets, :data:`nnsdm.OMP_PASSIVE_WAIT`): a sleeping thread hands its core to a worker
+    that has a batch to make, so on 2 cores two threads beside one worker run an iteration 1.4x faster than
+    one thread (``benchmarks/train_step.py``). Spinning threads would not: the step's threads would stall at
+    every barrier while one of them waits for the core the worker holds, so then each gets a core of its own.
     """
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
+    import nnsdm
+
     cores = cores or os.cpu_count() or 1
+    if nnsdm.OMP_PASSIVE_WAIT if passive_wait is None else passive_wait:
+        return cores
     return max(1, cores - get_allowed_n_proc_DA())
 
 
