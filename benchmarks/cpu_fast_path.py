@@ -9,7 +9,7 @@ Three copies of the same SDM network (same weights, same batch) run side by side
   with native bf16).
 
 A training step is forward, nnsdm's loss (deep-supervised Dice + CE + SDM MSE), backward and an AdamW
-step on random data shaped like the cpu-small plan (batch 2, patch 32x80x80, 4 organs); the inference
+step on random data shaped like the cpu-small plan (batch 2, its patch, 4 organs); the inference
 figure is one forward pass without gradients of a batch of one, as nnU-Net's sliding window runs it
 (PyTorch sends such float32 3D convolutions to a slow reference kernel; the fast path avoids it). The
 largest difference of the fast paths' logits from the default's is printed too.
@@ -33,14 +33,14 @@ import time
 
 
 def _network(patch: tuple[int, int, int]):
-    """The cpu-small SDM network for a 1.6 mm in-plane, 2.7 mm slice grid (as the demo plans it)."""
+    """The cpu-small SDM network for its 2 mm in-plane, 4 mm slice grid (as the demo plans it)."""
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnsdm.network import build_network
     from nnsdm.planning import PRESETS, apply_preset
 
-    spacing = [2.74, 1.6, 1.6]
+    spacing = [4.0, 2.0, 2.0]
     arch = {"n_stages": 1, "features_per_stage": [32], "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]],
             "strides": [[1, 1, 1]], "n_conv_per_stage": [2], "n_conv_per_stage_decoder": [], "conv_bias": True,
             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
@@ -79,7 +79,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    reference, config = _network((32, 80, 80))
+    from nnsdm.planning import PRESETS
+
+    reference, config = _network(PRESETS["cpu-small"].patch_size)
     patch = tuple(config["patch_size"])
     x = torch.randn(2, 1, *patch)
     with torch.no_grad():

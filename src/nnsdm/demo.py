@@ -64,7 +64,7 @@ DEFAULTS = {
     "seed": 0,
     "shape": (64, 160, 160),
     "spacing": (2.5, 0.8, 0.8),
-    "epochs": 18,
+    "epochs": 20,
     "iterations": 100,
     "learning_rate": 3e-3,
 }
