@@ -31,6 +31,8 @@ import copy
 import os
 import time
 
+import nnsdm  # noqa: F401  (before torch: sets OpenMP's wait policy, as `nnsdm train` runs)
+
 
 def _network(patch: tuple[int, int, int]):
     """The cpu-small SDM network for its 2 mm in-plane, 4 mm slice grid (as the demo plans it)."""

@@ -12,10 +12,10 @@ backward, optimiser) are timed separately.
 
 Goal, asserted: the SDM costs at most 10% more per iteration than the same trainer without it.
 
-On a CPU the nnsdm trainers run as ``nnsdm train`` and the demo run them: one torch thread per core the
-augmentation workers leave free (:func:`nnsdm.training.cpu_training_threads`; on 2 cores with the default
-one worker: one thread), so the SDM targets, computed in the worker, overlap the step instead of competing
-with it. Besides wall seconds, the CPU seconds per iteration of the training process and of its workers
+On a CPU the nnsdm trainers run as ``nnsdm train`` and the demo run them, with the torch threads of
+:func:`nnsdm.device.cpu_training_threads` (on 2 cores with the default one worker: two passive threads for an
+fp32 step, one thread for a bf16 step, whose worker then has the other core for the SDM targets). Run it
+under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to see a CPU without AVX512. Besides wall seconds, the CPU seconds per iteration of the training process and of its workers
 are printed: they change little when other jobs share the machine, wall seconds do.
 """
 
@@ -26,6 +26,8 @@ import json
 import os
 import tempfile
 import time
+
+import nnsdm  # noqa: F401  (before torch: sets OpenMP's wait policy, as `nnsdm train` runs)
 from pathlib import Path
 
 import numpy as np

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,14 +23,17 @@ def test_auto_precision_is_fp32_under_an_instruction_set_cap(cap):
     assert out == ["fp32", "bf16"]  # an explicit choice is still honoured
 
 
-def test_training_threads_are_every_core_where_openmp_sleeps_else_the_cores_the_workers_leave(monkeypatch):
+def test_training_threads_every_core_for_fp32_with_passive_waits_else_the_cores_the_workers_leave(monkeypatch):
     monkeypatch.setenv("nnUNet_n_proc_DA", "1")
-    assert cpu_training_threads(2, passive_wait=True) == 2 and cpu_training_threads(8, passive_wait=True) == 8
-    assert cpu_training_threads(2, passive_wait=False) == 1 and cpu_training_threads(8, passive_wait=False) == 7
+    assert cpu_training_threads(2, bf16=False, passive_wait=True) == 2
+    assert cpu_training_threads(8, bf16=False, passive_wait=True) == 8
+    assert cpu_training_threads(2, bf16=True, passive_wait=True) == 1  # a short step: the worker keeps its core
+    assert cpu_training_threads(2, bf16=False, passive_wait=False) == 1  # spinning threads would take the worker's core
+    assert cpu_training_threads(8, bf16=True, passive_wait=False) == 7
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    assert cpu_training_threads(2, passive_wait=False) == 2
+    assert cpu_training_threads(2, bf16=True, passive_wait=False) == 2
     monkeypatch.setenv("nnUNet_n_proc_DA", "4")
-    assert cpu_training_threads(2, passive_wait=False) == 1
+    assert cpu_training_threads(2, bf16=True, passive_wait=False) == 1
 
 
 def test_importing_nnsdm_before_torch_makes_openmp_wait_passively_unless_the_user_chose():
@@ -49,7 +53,15 @@ def test_trainer_on_a_cpu_trains_with_the_training_threads(planned_workspace, mo
     try:
         torch.set_num_threads(3)
         trainer.initialize()
-        assert torch.get_num_threads() == cpu_training_threads()
+        assert torch.get_num_threads() == cpu_training_threads(bf16=trainer.cpu_precision_used == "bf16")
         assert trainer._threads_before == 3  # given back when training ends
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
+def test_training_threads_count_the_cores_this_process_may_use_not_the_machines():
+    """A SLURM job or taskset gets some of a node's cores: more threads than those would only compete."""
+    code = "from nnsdm.device import cpu_training_threads as t; print(t(bf16=False, passive_wait=True))"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1"]

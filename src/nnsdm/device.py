@@ -27,24 +27,35 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cpu_training_threads(cores: int | None = None, *, passive_wait: bool | None = None) -> int:
-    """Torch threads for training on a CPU: every core where OpenMP's threads sleep while they wait, else the
+def cpu_training_threads(cores: int | None = None, *, bf16: bool, passive_wait: bool | None = None) -> int:
+    """Torch threads for training on a CPU: every core for an fp32 step under passive OpenMP waits, else the
     cores nnU-Net's augmentation workers leave free (at least 1).
 
     ``passive_wait`` (default: whether torch's OpenMP runtime was loaded under ``OMP_WAIT_POLICY=PASSIVE``,
-    which importing nnsdm sets, :data:`nnsdm.OMP_PASSIVE_WAIT`): a sleeping thread hands its core to a worker
-    that has a batch to make, so on 2 cores two threads beside one worker run an iteration 1.4x faster than
-    one thread (``benchmarks/train_step.py``). Spinning threads would not: the step's threads would stall at
-    every barrier while one of them waits for the core the worker holds, so then each gets a core of its own.
+    which importing nnsdm sets, :data:`nnsdm.OMP_PASSIVE_WAIT`): a waiting thread sleeps and hands its core
+    to a worker that has a batch to make. An fp32 step (CPUs without native bf16) is long next to a batch,
+    and on 2 cores two threads beside one worker run an iteration about 1.4x faster than one thread. A
+    bf16 step is 3-4x shorter, the worker's batch with its SDM targets is no longer small next to it, and
+    on shared cores the SDM's targets would lengthen every step (cpu-small: +21% over ``--sdm-weight 0``
+    instead of +4-7% with a core each; ``benchmarks/train_step.py``), so there the step and the workers
+    each get cores of their own, as they also do where the threads spin while they wait.
     """
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
     import nnsdm
 
-    cores = cores or os.cpu_count() or 1
-    if nnsdm.OMP_PASSIVE_WAIT if passive_wait is None else passive_wait:
+    cores = cores or _usable_cores()
+    if not bf16 and (nnsdm.OMP_PASSIVE_WAIT if passive_wait is None else passive_wait):
         return cores
     return max(1, cores - get_allowed_n_proc_DA())
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (a SLURM allocation or ``taskset`` limits them), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 CPU_PRECISIONS = ("auto", "bf16", "fp32")

@@ -161,7 +161,7 @@ class nnsdmTrainer(nnUNetTrainer):
         if self.device.type == "cpu":
             use_cpu_fast_path(self.network, bf16=self.cpu_precision_used == "bf16")
             self._threads_before = torch.get_num_threads()
-            torch.set_num_threads(cpu_training_threads())
+            torch.set_num_threads(cpu_training_threads(bf16=self.cpu_precision_used == "bf16"))
 
     def on_train_end(self):
         super().on_train_end()
