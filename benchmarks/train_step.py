@@ -26,11 +26,11 @@ import json
 import os
 import tempfile
 import time
-
-import nnsdm  # noqa: F401  (before torch: sets OpenMP's wait policy, as `nnsdm train` runs)
 from pathlib import Path
 
 import numpy as np
+
+import nnsdm  # noqa: F401  (before torch: sets OpenMP's wait policy, as `nnsdm train` runs)
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:

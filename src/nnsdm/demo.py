@@ -308,14 +308,14 @@ def _settings(*, out: Path, seed: int, shape, spacing, learning_rate: float, dev
         raise NnsdmError(f"--seeds {options['seeds']}: repeats the ablation; use it with --ablation")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise NnsdmError(f"--seed {seed}: must be a non-negative whole number")
-    from nnsdm.device import resolve_device
+    from nnsdm.device import resolve_device, usable_cores
     from nnsdm.phantom import check_grid
 
     resolve_device(device)
     if not learning_rate > 0:
         raise NnsdmError(f"--learning-rate {learning_rate}: must be positive")
     if workers is None:  # one core trains, the others augment
-        workers = max(1, min((os.cpu_count() or 1) - 1, 4))
+        workers = max(1, min(usable_cores() - 1, 4))
     shape, spacing = check_grid(shape, spacing)
     return _Settings(out=Path(out).expanduser().absolute(), seed=seed, shape=shape, spacing=spacing,
                      learning_rate=learning_rate, device=device, workers=workers, **options)

@@ -44,14 +44,17 @@ def cpu_training_threads(cores: int | None = None, *, bf16: bool, passive_wait: 
 
     import nnsdm
 
-    cores = cores or _usable_cores()
+    cores = cores or usable_cores()
     if not bf16 and (nnsdm.OMP_PASSIVE_WAIT if passive_wait is None else passive_wait):
         return cores
     return max(1, cores - get_allowed_n_proc_DA())
 
 
-def _usable_cores() -> int:
-    """Cores this process may run on (a SLURM allocation or ``taskset`` limits them), not the machine's count."""
+def usable_cores() -> int:
+    """Cores this process may run on (a SLURM allocation or ``taskset`` limits them), not the machine's count.
+
+    Training threads, the demo's augmentation workers and planning's processes are sized from it.
+    """
     try:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux

@@ -223,7 +223,9 @@ def plan(
             shown = "; ".join(str(p) for p in problems[:3])
             more = f" (and {len(problems) - 3} more: run `nnsdm check {dataset}`)" if len(problems) > 3 else ""
             raise NnsdmError(f"{dataset}: dataset has {len(problems)} problem(s): {shown}{more}")
-    num_processes = num_processes or max(1, min(os.cpu_count() or 1, 8))
+    from nnsdm.device import usable_cores
+
+    num_processes = num_processes or max(1, min(usable_cores(), 8))
     workspace.activate()
     os.environ.setdefault("nnUNet_def_n_proc", str(num_processes))
     name = register_dataset(dataset, workspace, dataset_id=dataset_id)
