@@ -35,14 +35,14 @@ import nnsdm  # noqa: F401  (before torch: sets OpenMP's wait policy, as `nnsdm 
 
 
 def _network(patch: tuple[int, int, int]):
-    """The cpu-small SDM network for its 2 mm in-plane, 4 mm slice grid (as the demo plans it)."""
+    """The cpu-small SDM network on its own floor spacing (as the demo plans it for its phantoms)."""
     from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnsdm.network import build_network
     from nnsdm.planning import PRESETS, apply_preset
 
-    spacing = [4.0, 2.0, 2.0]
+    spacing = list(PRESETS["cpu-small"].min_spacing)
     arch = {"n_stages": 1, "features_per_stage": [32], "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]],
             "strides": [[1, 1, 1]], "n_conv_per_stage": [2], "n_conv_per_stage_decoder": [], "conv_bias": True,
             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},

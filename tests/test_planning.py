@@ -32,7 +32,7 @@ def test_cpu_small_plan_on_tiny_phantoms(planned_workspace, phantom_dataset):
     assert all(p <= q for p, q in zip(summary.patch_size, PRESETS["cpu-small"].patch_size))
     assert all(p % (2 ** sum(s[i] == 2 for s in summary.strides)) == 0 for i, p in enumerate(summary.patch_size))
     # spacing stays nnU-Net's choice (the median, or a finer slice spacing for anisotropic data): the tiny
-    # phantoms (8x5x5 mm) are coarser than cpu-small's 4x2x2 mm floor
+    # phantoms (8x5x5 mm) are coarser than cpu-small's 3x1.6x1.6 mm floor
     assert summary.spacing[1] == pytest.approx(float(np.median([s[1] for s in fingerprint["spacings"]])))
     assert config["normalization_schemes"] == ["CTNormalization"]
     assert 100_000 < summary.parameters < 1_000_000
