@@ -40,8 +40,6 @@ same bytes (gzip headers carry no time stamp).
 from __future__ import annotations
 
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +80,6 @@ def generate_case(*, seed: int, shape: tuple[int, int, int] = (64, 160, 160),
     return (image, label, info) if return_info else (image, label)
 
 
-def _write_case(job: tuple[Path, Path, dict]) -> dict[str, Any]:
-    """Generate one case, write its image and label, return its record (a worker process's task)."""
-    import SimpleITK as sitk
-
-    image_path, label_path, options = job
-    image, label, info = generate_case(**options, return_info=True)
-    sitk.WriteImage(image, str(image_path), useCompression=True)
-    sitk.WriteImage(label, str(label_path), useCompression=True)
-    return {k: v for k, v in info.items() if k not in ("tissue", "tissue_names")}
-
-
 def _dataset_json(out: Path, cases: int, seed: int, shape, spacing) -> dict[str, Any]:
     return {
         "channel_names": {"0": "CT"},
@@ -109,19 +96,16 @@ def _dataset_json(out: Path, cases: int, seed: int, shape, spacing) -> dict[str,
 
 def generate_dataset(out: Path, *, cases: int, seed: int, shape: tuple[int, int, int] = (64, 160, 160),
                      spacing: tuple[float, float, float] = (2.5, 0.8, 0.8), naming: str = "nnunet",
-                     overwrite: bool = False, degradation: str | None = None, severity: float = 1.0,
-                     processes: int | None = None) -> Path:
+                     overwrite: bool = False, degradation: str | None = None, severity: float = 1.0) -> Path:
     """Write an nnU-Net v2 raw dataset or, with naming='flare21', the FLARE21 release layout; returns ``out``.
 
-    ``degradation``/``severity``: every case degraded as :func:`generate_case` does. Cases are generated
-    in ``processes`` worker processes (default: the cores this process may use); each case depends only
-    on its own seed, so the dataset is the same for any number of processes.
+    ``degradation``/``severity``: every case degraded as :func:`generate_case` does.
 
     The folder appears complete or not at all; an existing non-empty one is only replaced with ``overwrite``.
     """
+    import SimpleITK as sitk
     from tqdm import tqdm
 
-    from nnsdm.device import usable_cores
     from nnsdm.fileio import atomic_dir
 
     out = Path(out)
@@ -131,8 +115,6 @@ def generate_dataset(out: Path, *, cases: int, seed: int, shape: tuple[int, int,
         raise NnsdmError(f"cases: expected a positive number of cases, got {cases!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise NnsdmError(f"seed: expected a non-negative integer, got {seed!r}")
-    if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 1):
-        raise NnsdmError(f"processes: expected a positive number of processes, got {processes!r}")
     shape, spacing = check_grid(shape, spacing)
     if naming == "nnunet":
         img_dir, lab_dir, stem = "imagesTr", "labelsTr", "phantom"
@@ -142,18 +124,14 @@ def generate_dataset(out: Path, *, cases: int, seed: int, shape: tuple[int, int,
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / img_dir).mkdir()
         (tmp / lab_dir).mkdir()
-        jobs = [(tmp / img_dir / f"{stem}_{i:03d}_0000.nii.gz", tmp / lab_dir / f"{stem}_{i:03d}.nii.gz",
-                 dict(seed=case_seed(seed, i), shape=shape, spacing=spacing, degradation=degradation,
-                      severity=severity)) for i in range(cases)]
-        workers = min(cases, processes if processes is not None else usable_cores())
-        progress = dict(total=cases, desc="phantom cases", unit="case")
-        if workers <= 1:
-            infos = [_write_case(job) for job in tqdm(jobs, **progress)]
-        else:  # spawned, not forked: the caller may already run OpenMP threads (torch)
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                infos = list(tqdm(pool.map(_write_case, jobs), **progress))
-        records = {f"{stem}_{i:03d}": info for i, info in enumerate(infos)}
+        records = {}
+        for i in tqdm(range(cases), desc="phantom cases", unit="case"):
+            name = f"{stem}_{i:03d}"
+            image, label, info = generate_case(seed=case_seed(seed, i), shape=shape, spacing=spacing,
+                                               degradation=degradation, severity=severity, return_info=True)
+            sitk.WriteImage(image, str(tmp / img_dir / f"{name}_0000.nii.gz"), useCompression=True)
+            sitk.WriteImage(label, str(tmp / lab_dir / f"{name}.nii.gz"), useCompression=True)
+            records[name] = {k: v for k, v in info.items() if k not in ("tissue", "tissue_names")}
         if naming == "nnunet":
             text = json.dumps(_dataset_json(out, cases, seed, shape, spacing), indent=2) + "\n"
             (tmp / "dataset.json").write_text(text, encoding="utf-8")
