@@ -8,8 +8,8 @@ the held-out set, FLARE21 evaluation, and the report with the held-out set as it
 seed and budget, predicts the same set, and the two are compared per organ with a paired Wilcoxon test.
 
 Plan: the ``cpu-small`` preset (a 343k-parameter network, patch 24x64x64 on data resampled to at least
-3x1.6x1.6 mm). On a CPU with native bfloat16 the trainer runs
-under bf16 autocast (as nnU-Net runs under fp16 autocast on a GPU).
+3x1.6x1.6 mm). On a CPU with native bfloat16 the trainer runs under bf16 autocast (as nnU-Net runs
+under fp16 autocast on a GPU).
 
 Training recipe: nnU-Net's trainer, loss, sampling and augmentation with two changes, both taken from
 nnU-Net's own trainer variants (``nnsdm train --optimizer adamw --no-mirroring``): AdamW at 3e-3 with
