@@ -15,8 +15,9 @@ Goal, asserted: the SDM costs at most 10% more per iteration than the same train
 On a CPU the nnsdm trainers run as ``nnsdm train`` and the demo run them, with the torch threads of
 :func:`nnsdm.device.cpu_training_threads` (on 2 cores with the default one worker: two passive threads for an
 fp32 step, one thread for a bf16 step, whose worker then has the other core for the SDM targets). Run it
-under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to see a CPU without AVX512. Besides wall seconds, the CPU seconds per iteration of the training process and of its workers
-are printed: they change little when other jobs share the machine, wall seconds do.
+under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to see a CPU without AVX512. Besides wall
+seconds, the CPU seconds per iteration of the training process and of its workers are printed: they
+change little when other jobs share the machine, wall seconds do.
 """
 
 from __future__ import annotations

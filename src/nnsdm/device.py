@@ -36,8 +36,8 @@ def cpu_training_threads(cores: int | None = None, *, bf16: bool, passive_wait: 
     to a worker that has a batch to make. An fp32 step (CPUs without native bf16) is long next to a batch,
     and on 2 cores two threads beside one worker run an iteration about 1.4x faster than one thread. A
     bf16 step is 3-4x shorter, the worker's batch with its SDM targets is no longer small next to it, and
-    on shared cores the SDM's targets would lengthen every step (cpu-small: +21% over ``--sdm-weight 0``
-    instead of +4-7% with a core each; ``benchmarks/train_step.py``), so there the step and the workers
+    on shared cores the SDM's targets would lengthen every step (cpu-small at 4x2x2 mm: +21% over
+    ``--sdm-weight 0`` instead of +4-7% with a core each; ``benchmarks/train_step.py``), so there the step and the workers
     each get cores of their own, as they also do where the threads spin while they wait.
     """
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA

@@ -40,10 +40,11 @@ QC_FILE = "qc.csv"
 QC_COLUMNS = ["case", "organ", "qc", "qc_baseline", "flagged"]
 TOLERANCE_MM = 2.0
 MARGIN_MM = 5.0
-# Flag an organ whose score is below this. Chosen on benchmarks/qc.py's held-out degraded phantoms with the
-# demo's model (README, "Quality control"): pooled over organs it maximised sensitivity + specificity for
-# failures (DSC < 0.85) there, in-sample (52 of 87 failures flagged, 53 of 57 good organs left alone). It
-# depends on how well the SDM head is trained: rerun benchmarks/qc.py for another model.
+# Flag an organ whose score is below this. Chosen on benchmarks/qc.py's held-out degraded phantoms (README,
+# "Quality control"): pooled over organs it maximised sensitivity + specificity for failures (DSC < 0.85)
+# with a demo model of the 4x2x2 mm plan, in-sample; with the current demo model the best threshold was
+# 0.51, which flags the same organs. It depends on how well the SDM head is trained: rerun
+# benchmarks/qc.py for another model.
 QC_THRESHOLD = 0.55
 
 
