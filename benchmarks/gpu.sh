@@ -20,7 +20,7 @@ export nnUNet_n_proc_DA=$WORKERS
 "$PY" -m nnsdm phantom "$WORK/test" --cases 3 --seed 1 --shape 96x256x256
 "$PY" -m nnsdm plan "$WORK/train" --workspace "$WORK/ws" --preset flare21 | tee "$OUT/plan.txt"
 mkdir -p "$WORK/bench" && ln -s "$WORK/train" "$WORK/bench/phantom" && ln -s "$WORK/ws" "$WORK/bench/ws"
-"$PY" benchmarks/train_step.py --device cuda --preset flare21 --workers "$WORKERS" --iterations 40 --warmup 10 \
+"$PY" benchmarks/train_step.py --device cuda --preset flare21 --workers "$WORKERS" --rounds 5 --iterations 8 --warmup 3 \
     --workspace "$WORK/bench" --json "$OUT/train_step.json" | tail -6 | tee "$OUT/train_step.txt"
 
 "$PY" -m nnsdm train --workspace "$WORK/ws" --fold 0 --epochs 1 --iterations-per-epoch 20 --val-iterations 2 \

@@ -4,8 +4,10 @@ Three trainers run side by side in one process on the same planned phantom datas
 augmentation workers (the SDM targets are computed there): nnU-Net's own ``nnUNetTrainer``, nnsdm's
 trainer with ``sdm_weight 0`` (nnU-Net's network and loss, with nnsdm's CPU fast path) and nnsdm's SDM
 trainer. SDM vs ``sdm_weight 0`` is the cost of the SDM (head, targets, loss); SDM vs nnU-Net is what a
-user sees. Per iteration the wait for the next batch (data loading) and the train step (forward, loss,
-backward, optimiser) are timed separately.
+user sees. The trainers take turns (5 turns of 12 timed iterations each by default), so a machine
+whose speed drifts while it runs (other jobs, a shared host) slows them alike. Per iteration the wait
+for the next batch (data loading) and the train step (forward, loss, backward, optimiser) are timed
+separately.
 
     python benchmarks/train_step.py                      # cpu-small preset on this machine
     python benchmarks/train_step.py --device cuda --preset flare21 --shape 96x256x256 --workers 12
@@ -14,7 +16,8 @@ Goal, asserted: the SDM costs at most 10% more per iteration than the same train
 
 On a CPU the nnsdm trainers run as ``nnsdm train`` and the demo run them, with the torch threads of
 :func:`nnsdm.device.cpu_training_threads` (on 2 cores with the default one worker: two passive threads for an
-fp32 step, one thread for a bf16 step, whose worker then has the other core for the SDM targets). Run it
+fp32 step, one thread for a bf16 step, whose worker then has the other core for the SDM targets) and
+their workers at the lowest CPU priority (:func:`nnsdm.device.lower_worker_priority`). Run it
 under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to see a CPU without AVX512. Besides wall
 seconds, the CPU seconds per iteration of the training process and of its workers are printed: they
 change little when other jobs share the machine, wall seconds do.
@@ -50,40 +53,55 @@ def _worker_cpu_seconds(loader) -> float:
     return total
 
 
-def time_trainer(trainer, iterations: int, warmup: int) -> dict:
-    """Mean seconds per iteration (total, data wait, step) after ``warmup`` iterations, and CPU seconds per iteration."""
+def time_trainers(trainers: dict, *, rounds: int, iterations: int, warmup: int) -> dict:
+    """Per trainer: mean seconds per iteration (total, data wait, step) and CPU seconds per iteration.
+
+    The trainers take turns, ``rounds`` times ``iterations`` timed iterations each after ``warmup``
+    untimed ones (the queue of the worker that was paused refills), so a change in the machine's speed
+    while the benchmark runs (other jobs, a shared host) falls on every trainer alike.
+    """
     import torch
 
-    trainer.on_train_start()
-    trainer.on_train_epoch_start()
-    if getattr(trainer, "progress_bar", None) is not None:
-        trainer.progress_bar.disable = True
-    waits, steps = [], []
+    for trainer in trainers.values():
+        trainer.on_train_start()
+        trainer.on_train_epoch_start()
+        if getattr(trainer, "progress_bar", None) is not None:
+            trainer.progress_bar.disable = True
     threads = torch.get_num_threads()
+    times = {label: {"waits": [], "steps": [], "cpu_main": 0.0, "cpu_workers": 0.0} for label in trainers}
     try:
-        for i in range(warmup + iterations):
-            if i == warmup:
-                cpu_main, cpu_workers = time.process_time(), _worker_cpu_seconds(trainer.dataloader_train)
-            t0 = time.perf_counter()
-            batch = next(trainer.dataloader_train)
-            t1 = time.perf_counter()
-            trainer.train_step(batch)
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
-            t2 = time.perf_counter()
-            if i >= warmup:
-                waits.append(t1 - t0)
-                steps.append(t2 - t1)
-        cpu_main = (time.process_time() - cpu_main) / iterations
-        cpu_workers = (_worker_cpu_seconds(trainer.dataloader_train) - cpu_workers) / iterations
+        for _ in range(rounds):
+            for label, trainer in trainers.items():
+                record = times[label]
+                for i in range(warmup + iterations):
+                    if i == warmup:
+                        cpu_main, cpu_workers = time.process_time(), _worker_cpu_seconds(trainer.dataloader_train)
+                    t0 = time.perf_counter()
+                    batch = next(trainer.dataloader_train)
+                    t1 = time.perf_counter()
+                    trainer.train_step(batch)
+                    if trainer.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t2 = time.perf_counter()
+                    if i >= warmup:
+                        record["waits"].append(t1 - t0)
+                        record["steps"].append(t2 - t1)
+                record["cpu_main"] += time.process_time() - cpu_main
+                record["cpu_workers"] += _worker_cpu_seconds(trainer.dataloader_train) - cpu_workers
     finally:
-        for loader in (trainer.dataloader_train, trainer.dataloader_val):
-            if hasattr(loader, "_finish"):
-                loader._finish()
-    total = np.add(waits, steps)
-    return {"seconds_per_iteration": float(total.mean()), "data_wait": float(np.mean(waits)),
-            "step": float(np.mean(steps)), "data_share": float(np.sum(waits) / np.sum(total)),
-            "cpu_main": cpu_main, "cpu_workers": cpu_workers, "torch_threads": threads}
+        for trainer in trainers.values():
+            for loader in (trainer.dataloader_train, trainer.dataloader_val):
+                if hasattr(loader, "_finish"):
+                    loader._finish()
+    results = {}
+    for label, record in times.items():
+        waits, steps = np.array(record["waits"]), np.array(record["steps"])
+        total, n = waits + steps, len(waits)
+        results[label] = {"seconds_per_iteration": float(total.mean()), "data_wait": float(waits.mean()),
+                          "step": float(steps.mean()), "data_share": float(waits.sum() / total.sum()),
+                          "cpu_main": record["cpu_main"] / n, "cpu_workers": record["cpu_workers"] / n,
+                          "torch_threads": threads}
+    return results
 
 
 def synthetic_batch(trainer) -> dict:
@@ -123,8 +141,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--shape", type=_parse_shape, default=(64, 160, 160), help="phantom shape z x y x x")
-    parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="turns each trainer takes")
+    parser.add_argument("--iterations", type=int, default=12, help="timed iterations per turn")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations at the start of each turn")
     parser.add_argument("--workers", type=int, default=max(1, min((os.cpu_count() or 1) - 1, 4)),
                         help="augmentation worker processes (nnUNet_n_proc_DA; default as nnsdm demo: CPU cores - 1)")
     parser.add_argument("--workspace", type=Path, help="reuse a folder (default: a temporary one)")
@@ -158,16 +177,15 @@ def main() -> None:
     dataset_json = json.loads((workspace.preprocessed / workspace.dataset_name() / "dataset.json").read_text(encoding="utf-8"))
     plain = nnUNetTrainer(plans, CONFIGURATION, 0, dataset_json, torch.device(args.device))
 
-    results = {}
-    for label, trainer in (("plain nnU-Net", plain), ("nnsdm sdm 0", sdm0), ("nnsdm SDM", sdm)):
-        results[label] = time_trainer(trainer, args.iterations, args.warmup)
+    results = time_trainers({"plain nnU-Net": plain, "nnsdm sdm 0": sdm0, "nnsdm SDM": sdm},
+                            rounds=args.rounds, iterations=args.iterations, warmup=args.warmup)
 
     base, without, ours = results["plain nnU-Net"], results["nnsdm sdm 0"], results["nnsdm SDM"]
     from nnsdm.device import cpu_bf16_supported
 
     load = os.getloadavg()[0]
     print(f"\npreset {args.preset}, patch {'x'.join(map(str, config['patch_size']))}, batch {config['batch_size']}, "
-          f"device {args.device}, {args.workers} augmentation workers, {args.iterations} timed iterations, "
+          f"device {args.device}, {args.workers} augmentation workers, {args.rounds} turns of {args.iterations} timed iterations, "
           f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_bf16_supported()}), "
           f"load average {load:.1f}")
     print(f"{'trainer':<16}{'threads':>8}{'s/iteration':>12}{'data wait':>12}{'step':>10}{'data share':>12}"

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from nnsdm.device import cpu_training_threads
+from nnsdm.device import WORKER_NICENESS, cpu_training_threads
 from nnsdm.training import build_trainer
 
 
@@ -65,3 +65,22 @@ def test_training_threads_count_the_cores_this_process_may_use_not_the_machines(
     code = "from nnsdm.device import cpu_training_threads as t; print(t(bf16=False, passive_wait=True))"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1"]
+
+
+def test_cpu_training_runs_its_augmentation_workers_at_the_lowest_priority(planned_workspace, monkeypatch):
+    """The step's threads keep their cores; the workers fill the gaps (benchmarks/train_step.py)."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
+    trainer = build_trainer(workspace=planned_workspace[0], fold=0, epochs=1, iterations_per_epoch=1, device="cpu")
+    threads = torch.get_num_threads()
+    try:
+        trainer.on_train_start()
+        workers = [p for loader in (trainer.dataloader_train, trainer.dataloader_val) for p in loader._processes]
+        assert len(workers) == 2 and all(p.is_alive() for p in workers)
+        assert [os.getpriority(os.PRIO_PROCESS, p.pid) for p in workers] == [WORKER_NICENESS] * 2 == [19] * 2
+        assert os.getpriority(os.PRIO_PROCESS, 0) < 19  # the training process itself keeps its priority
+        batch = next(trainer.dataloader_train)  # the niced worker still delivers
+        assert len(batch["target"]) > 0
+    finally:
+        for loader in (trainer.dataloader_train, trainer.dataloader_val):
+            loader._finish()
+        torch.set_num_threads(threads)

@@ -50,6 +50,29 @@ def cpu_training_threads(cores: int | None = None, *, bf16: bool, passive_wait: 
     return max(1, cores - get_allowed_n_proc_DA())
 
 
+WORKER_NICENESS = 19  # the lowest CPU priority
+
+
+def lower_worker_priority(*loaders) -> None:
+    """Run nnU-Net's augmentation worker processes at the lowest CPU priority (nice 19), for training on
+    the CPU that also runs them.
+
+    On 2 cores the step's threads and a worker share the cores; at equal priority a worker that wakes
+    mid-step takes a core from one of the step's threads, and the step's other threads then wait for
+    that one. At the lowest priority the worker runs mostly while a step thread sleeps (passive OpenMP
+    waits, Python between operators). It is never starved: once its queue of batches is empty the step
+    waits for it and it gets the cores. Measured with ``benchmarks/train_step.py``. Loaders without
+    worker processes are left alone.
+    """
+    for loader in loaders:
+        # batchgenerators' multi-process augmenters keep their started worker processes here
+        for process in getattr(loader, "_processes", None) or []:
+            try:
+                os.setpriority(os.PRIO_PROCESS, process.pid, WORKER_NICENESS)
+            except (OSError, AttributeError, TypeError):
+                pass  # the worker has exited, or the platform has no nice values
+
+
 def usable_cores() -> int:
     """Cores this process may run on (a SLURM allocation or ``taskset`` limits them), not the machine's count.
 

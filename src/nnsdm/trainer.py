@@ -34,7 +34,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 
 from nnsdm.checkpoints import read_checkpoint
-from nnsdm.device import cpu_training_threads, resolve_cpu_precision, use_cpu_fast_path
+from nnsdm.device import cpu_training_threads, lower_worker_priority, resolve_cpu_precision, use_cpu_fast_path
 from nnsdm.errors import NnsdmError
 from nnsdm.model_folder import TRAINER_NAME, ModelFolder, trainer_name
 from nnsdm.network import DeepSupervisionOutputs, build_network
@@ -236,7 +236,9 @@ class nnsdmTrainer(nnUNetTrainer):
 
     # --- logging -----------------------------------------------------------------------------------
     def on_train_start(self):
-        super().on_train_start()
+        super().on_train_start()  # creates the data loaders and starts their workers
+        if self.device.type == "cpu":
+            lower_worker_priority(self.dataloader_train, self.dataloader_val)
         if self.local_rank == 0:
             gt = sorted((Path(self.preprocessed_dataset_folder_base) / "gt_segmentations").glob("*"))
             ModelFolder(Path(self.output_folder_base)).write_metadata(
