@@ -197,6 +197,34 @@ def test_short_budget_recipe_adamw_without_mirroring(planned_workspace, monkeypa
         build_trainer(workspace=workspace, fold=0, device="cpu", optimizer="adam")
 
 
+def test_adamw_recipe_steps_the_poly_schedule_every_iteration_and_sgd_every_epoch(planned_workspace, monkeypatch):
+    workspace, _ = planned_workspace
+    rates = {}
+    for optimizer, lr in (("adamw", 3e-3), ("sgd", 0.01)):
+        trainer = build_trainer(workspace=workspace, fold=0, epochs=2, iterations_per_epoch=3, device="cpu",
+                                optimizer=optimizer, learning_rate=lr, mirroring=False)
+        train_loader, _ = _single_process_batches(monkeypatch, trainer)
+        batch = next(train_loader)
+        trainer.network.train()
+        used = []
+        original_step = trainer.optimizer.step
+
+        def step(*args, _used=used, _optimizer=trainer.optimizer, _original=original_step, **kwargs):
+            _used.append(_optimizer.param_groups[0]["lr"])  # the rate this update is made with
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(trainer.optimizer, "step", step)
+        for epoch in range(2):
+            trainer.current_epoch = epoch
+            trainer.on_train_epoch_start()
+            for _ in range(3):
+                trainer.train_step(batch)
+        rates[optimizer] = used
+    poly = lambda lr, t: lr * (1 - t / 2) ** 0.9  # noqa: E731
+    assert rates["adamw"] == pytest.approx([poly(3e-3, e + i / 3) for e in range(2) for i in range(3)])
+    assert rates["sgd"] == pytest.approx([poly(0.01, e) for e in range(2) for _ in range(3)])
+
+
 def test_cpu_precision_auto_follows_the_cpu_and_the_network_gets_the_fast_path(planned_workspace, monkeypatch):
     import nnsdm.device as device
 

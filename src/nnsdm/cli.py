@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the SDM loss; 0 trains the plain nnU-Net baseline (default 1); several weights run as jobs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device (default: CUDA if available)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
-                   help="sgd: nnU-Net's (Nesterov momentum 0.99, the paper's); adamw: short-budget recipe of the demo")
+                   help="sgd: nnU-Net's (Nesterov momentum 0.99, the paper's); adamw: short-budget recipe of the demo "
+                        "(poly schedule stepped every iteration)")
     p.add_argument("--lr", type=float, help="initial learning rate (default 0.01, nnU-Net's), poly decay")
     p.add_argument("--no-mirroring", action="store_true", help="no mirroring augmentation (and no mirroring TTA later)")
     p.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",

@@ -13,7 +13,8 @@ under fp16 autocast on a GPU).
 
 Training recipe: nnU-Net's trainer, loss, sampling and augmentation with two changes, both taken from
 nnU-Net's own trainer variants (``nnsdm train --optimizer adamw --no-mirroring``): AdamW at 3e-3 with
-nnU-Net's poly schedule instead of SGD at 0.01, and no mirroring (so prediction does not mirror either).
+nnU-Net's poly schedule (stepped every iteration) instead of SGD at 0.01, and no mirroring (so
+prediction does not mirror either).
 Why a budget of under 2,000 iterations of a tiny network on a CPU needs them is written once, in the
 README's Demo section ("the recipe"). The paper's configuration (``nnsdm train``'s defaults) keeps
 nnU-Net's SGD and mirroring.
@@ -406,7 +407,7 @@ def _summary(settings: _Settings, stages: _Stages, planned, results: dict, compa
         "config": {"train_cases": settings.train_cases, "test_cases": settings.test_cases, "seed": settings.seed,
                    "shape": list(settings.shape), "spacing": list(settings.spacing), "fold": "all",
                    "epochs": settings.epochs, "iterations": settings.iterations,
-                   "learning_rate": settings.learning_rate, "optimizer": "AdamW, poly schedule", "mirroring": False,
+                   "learning_rate": settings.learning_rate, "optimizer": "AdamW, poly schedule per iteration", "mirroring": False,
                    "seeds": settings.seeds,
                    "val_iterations": VAL_ITERATIONS, "tta": settings.tta, "device": settings.device,
                    "workers": settings.workers, "cpu_precision": sdm["precision"],

@@ -45,13 +45,14 @@ class TrainingOptions:
     """How to train one fold (``fold='all'``: every training case). Defaults are nnU-Net's protocol (the paper's).
 
     * ``optimizer``: ``sgd`` (nnU-Net's SGD, Nesterov momentum 0.99, lr 0.01, poly decay) or ``adamw``
-      (as nnU-Net's Adam trainer variants, same poly schedule); ``learning_rate`` overrides the initial rate;
+      (as nnU-Net's Adam trainer variants, the same poly schedule stepped every iteration instead of every
+      epoch); ``learning_rate`` overrides the initial rate;
       ``mirroring=False`` trains and predicts without mirroring (as ``nnUNetTrainerNoMirroring``). AdamW
       without mirroring is ``nnsdm demo``'s short-budget recipe (its reasons: the README's Demo section).
     * ``cpu_precision`` (CPU only): ``bf16``, ``fp32`` or ``auto``, see :func:`nnsdm.device.resolve_cpu_precision`.
     * ``val_iterations``: validation batches per epoch (default: a fifth of ``iterations_per_epoch``).
     * ``resume`` continues from the fold's latest checkpoint: epoch counter, optimiser state, logs and
-      the poly learning-rate schedule (a function of the epoch) carry on exactly. ``validate`` runs
+      the poly learning-rate schedule (a function of the epoch and iteration) carry on exactly. ``validate`` runs
       nnU-Net's final validation of the fold (``fold_K/validation/``); ``validation_tta=False`` skips its
       mirroring (8x faster on a CPU; the saved model keeps its mirroring axes for prediction).
     * ``workers``: augmentation processes per data loader (nnU-Net's ``nnUNet_n_proc_DA``); ``gpus`` > 1
