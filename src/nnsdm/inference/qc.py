@@ -42,8 +42,8 @@ TOLERANCE_MM = 2.0
 MARGIN_MM = 5.0
 # Flag an organ whose score is below this. Chosen on benchmarks/qc.py's held-out degraded phantoms (README,
 # "Quality control"): pooled over organs it maximised sensitivity + specificity for failures (DSC < 0.85)
-# with a demo model of the 4x2x2 mm plan, in-sample; with the current demo model the best threshold was
-# 0.51, which flags the same organs. It depends on how well the SDM head is trained: rerun
+# with a demo model of the 4x2x2 mm plan, in-sample; two demo models of the 3x1.6x1.6 mm plan had their
+# best thresholds at 0.51 and 0.76. It depends on how well the SDM head is trained: rerun
 # benchmarks/qc.py for another model.
 QC_THRESHOLD = 0.55
 
