@@ -1,7 +1,8 @@
 """The SDM trainer: nnU-Net v2's trainer with the SDM head, SDM targets and SDM loss.
 
 Seams with nnU-Net (all documented nnU-Net extension points; nnU-Net's own training loop, train and
-validation steps, augmentation, sampling, optimiser, schedule and final validation run unchanged):
+validation steps, augmentation, sampling, optimiser, schedule and final validation run unchanged, except
+that the demo's AdamW recipe steps the poly schedule every iteration, see :meth:`nnsdmTrainer.train_step`):
 
 * ``build_network_architecture`` returns :class:`nnsdm.network.SDMUNet` (nnU-Net's net + SDM head);
 * ``get_training_transforms`` / ``get_validation_transforms`` append :class:`SDMTargetTransform`, which
@@ -9,7 +10,9 @@ validation steps, augmentation, sampling, optimiser, schedule and final validati
   every deep-supervision resolution, and lets them ride along as extra entries of the target list;
 * ``_build_loss`` wraps nnU-Net's deep-supervised Dice + CE in :class:`SegAndSDMLoss` (+ weight x MSE);
 * ``on_epoch_end`` logs the two loss parts, plots them and calls the trainer's ``epoch_callback``
-  (:class:`EpochSummary`) for progress reports that do not depend on nnU-Net's printed wording.
+  (:class:`EpochSummary`) for progress reports that do not depend on nnU-Net's printed wording;
+* ``on_train_start``, training on a CPU, runs the augmentation workers at the lowest CPU priority
+  (:func:`nnsdm.device.lower_worker_priority`).
 
 :class:`nnsdmTrainer` is the paper's trainer (``sdm_weight`` 1); :func:`trainer_class` makes the
 subclass for another weight, named by :func:`nnsdm.model_folder.trainer_name` (the name names the model
