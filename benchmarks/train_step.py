@@ -43,8 +43,10 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
 
 def _worker_cpu_seconds(loader) -> float:
     """CPU seconds used so far by a multi-process augmenter's worker processes (0 without workers)."""
+    from nnsdm.device import worker_processes
+
     total = 0.0
-    for process in getattr(loader, "_processes", None) or []:
+    for process in worker_processes(loader):
         try:
             fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from nnsdm.device import WORKER_NICENESS, cpu_training_threads
+from nnsdm.device import WORKER_NICENESS, cpu_training_threads, worker_processes
 from nnsdm.training import build_trainer
 
 
@@ -74,7 +74,7 @@ def test_cpu_training_runs_its_augmentation_workers_at_the_lowest_priority(plann
     threads = torch.get_num_threads()
     try:
         trainer.on_train_start()
-        workers = [p for loader in (trainer.dataloader_train, trainer.dataloader_val) for p in loader._processes]
+        workers = [p for loader in (trainer.dataloader_train, trainer.dataloader_val) for p in worker_processes(loader)]
         assert len(workers) == 2 and all(p.is_alive() for p in workers)
         assert [os.getpriority(os.PRIO_PROCESS, p.pid) for p in workers] == [WORKER_NICENESS] * 2 == [19] * 2
         assert os.getpriority(os.PRIO_PROCESS, 0) < 19  # the training process itself keeps its priority

@@ -65,12 +65,20 @@ def lower_worker_priority(*loaders) -> None:
     worker processes are left alone.
     """
     for loader in loaders:
-        # batchgenerators' multi-process augmenters keep their started worker processes here
-        for process in getattr(loader, "_processes", None) or []:
+        for process in worker_processes(loader):
             try:
                 os.setpriority(os.PRIO_PROCESS, process.pid, WORKER_NICENESS)
             except (OSError, AttributeError, TypeError):
                 pass  # the worker has exited, or the platform has no nice values
+
+
+def worker_processes(loader) -> list:
+    """The started worker processes of one of nnU-Net's data loaders (none for a single-threaded one).
+
+    batchgenerators' multi-process augmenters keep them in a private attribute; this is the one place
+    that reads it.
+    """
+    return list(getattr(loader, "_processes", None) or [])
 
 
 def usable_cores() -> int:
