@@ -77,8 +77,11 @@ def test_cpu_training_runs_its_augmentation_workers_at_the_lowest_priority(plann
         workers = [p for loader in (trainer.dataloader_train, trainer.dataloader_val) for p in worker_processes(loader)]
         assert len(workers) == 2 and all(p.is_alive() for p in workers)
         assert [os.getpriority(os.PRIO_PROCESS, p.pid) for p in workers] == [WORKER_NICENESS] * 2 == [19] * 2
+        if hasattr(os, "sched_getscheduler"):
+            assert {os.sched_getscheduler(p.pid) for p in workers} == {os.SCHED_IDLE}
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER
         assert os.getpriority(os.PRIO_PROCESS, 0) < 19  # the training process itself keeps its priority
-        batch = next(trainer.dataloader_train)  # the niced worker still delivers
+        batch = next(trainer.dataloader_train)  # the idle-class worker still delivers
         assert len(batch["target"]) > 0
     finally:
         for loader in (trainer.dataloader_train, trainer.dataloader_val):

@@ -50,26 +50,33 @@ def cpu_training_threads(cores: int | None = None, *, bf16: bool, passive_wait: 
     return max(1, cores - get_allowed_n_proc_DA())
 
 
-WORKER_NICENESS = 19  # the lowest CPU priority
+WORKER_NICENESS = 19  # the lowest CPU priority of ordinary processes
 
 
 def lower_worker_priority(*loaders) -> None:
-    """Run nnU-Net's augmentation worker processes at the lowest CPU priority (nice 19), for training on
-    the CPU that also runs them.
+    """Run nnU-Net's augmentation worker processes at the lowest CPU priority, for training on the CPU
+    that also runs them: Linux's idle scheduling class (``SCHED_IDLE``) where there is one, nice 19 also.
 
     On 2 cores the step's threads and a worker share the cores; at equal priority a worker that wakes
     mid-step takes a core from one of the step's threads, and the step's other threads then wait for
     that one. At the lowest priority the worker runs mostly while a step thread sleeps (passive OpenMP
-    waits, Python between operators). It is never starved: once its queue of batches is empty the step
-    waits for it and it gets the cores. Measured with ``benchmarks/train_step.py``. Loaders without
-    worker processes are left alone.
+    waits, Python between operators). Under ``SCHED_IDLE`` a step thread that wakes takes its core back
+    at once; at nice 19 it can wait for the scheduler's wake-up granularity, which the step pays at each
+    of its thousands of OpenMP barriers. The worker is never starved: once its queue of batches is empty
+    the step waits for it and it gets the cores. Measured with ``benchmarks/train_step.py``. Loaders
+    without worker processes are left alone.
     """
     for loader in loaders:
         for process in worker_processes(loader):
             try:
                 os.setpriority(os.PRIO_PROCESS, process.pid, WORKER_NICENESS)
             except (OSError, AttributeError, TypeError):
-                pass  # the worker has exited, or the platform has no nice values
+                continue  # the worker has exited, or the platform has no nice values
+            if hasattr(os, "SCHED_IDLE"):
+                try:
+                    os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
+                except OSError:
+                    pass  # a container may forbid it: nice 19 stays
 
 
 def worker_processes(loader) -> list:
