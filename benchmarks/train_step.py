@@ -4,10 +4,10 @@ Three trainers run side by side in one process on the same planned phantom datas
 augmentation workers (the SDM targets are computed there): nnU-Net's own ``nnUNetTrainer``, nnsdm's
 trainer with ``sdm_weight 0`` (nnU-Net's network and loss, with nnsdm's CPU fast path) and nnsdm's SDM
 trainer. SDM vs ``sdm_weight 0`` is the cost of the SDM (head, targets, loss); SDM vs nnU-Net is what a
-user sees. The trainers take turns (5 turns of 12 timed iterations each by default), so a machine
-whose speed drifts while it runs (other jobs, a shared host) slows them alike. Per iteration the wait
-for the next batch (data loading) and the train step (forward, loss, backward, optimiser) are timed
-separately.
+user sees. The trainers take turns (after an untimed one, 8 turns of 12 timed iterations each by
+default), so a machine whose speed drifts while it runs (other jobs, a shared host) slows them alike.
+Per iteration the wait for the next batch (data loading) and the train step (forward, loss, backward,
+optimiser) are timed separately.
 
     python benchmarks/train_step.py                      # cpu-small preset on this machine
     python benchmarks/train_step.py --device cuda --preset flare21 --shape 96x256x256 --workers 12
@@ -60,7 +60,8 @@ def time_trainers(trainers: dict, *, rounds: int, iterations: int, warmup: int) 
 
     The trainers take turns, ``rounds`` times ``iterations`` timed iterations each after ``warmup``
     untimed ones (the queue of the worker that was paused refills), so a change in the machine's speed
-    while the benchmark runs (other jobs, a shared host) falls on every trainer alike.
+    while the benchmark runs (other jobs, a shared host) falls on every trainer alike. One untimed turn
+    each comes first: a trainer's first iterations also fill torch's allocator and the caches.
     """
     import torch
 
@@ -72,11 +73,12 @@ def time_trainers(trainers: dict, *, rounds: int, iterations: int, warmup: int) 
     threads = torch.get_num_threads()
     times = {label: {"waits": [], "steps": [], "cpu_main": 0.0, "cpu_workers": 0.0} for label in trainers}
     try:
-        for _ in range(rounds):
+        for turn in range(rounds + 1):  # turn 0 is untimed
             for label, trainer in trainers.items():
                 record = times[label]
-                for i in range(warmup + iterations):
-                    if i == warmup:
+                untimed, timed = (warmup, iterations) if turn else (warmup + iterations, 0)
+                for i in range(untimed + timed):
+                    if i == untimed:
                         cpu_main, cpu_workers = time.process_time(), _worker_cpu_seconds(trainer.dataloader_train)
                     t0 = time.perf_counter()
                     batch = next(trainer.dataloader_train)
@@ -85,11 +87,12 @@ def time_trainers(trainers: dict, *, rounds: int, iterations: int, warmup: int) 
                     if trainer.device.type == "cuda":
                         torch.cuda.synchronize()
                     t2 = time.perf_counter()
-                    if i >= warmup:
+                    if i >= untimed:
                         record["waits"].append(t1 - t0)
                         record["steps"].append(t2 - t1)
-                record["cpu_main"] += time.process_time() - cpu_main
-                record["cpu_workers"] += _worker_cpu_seconds(trainer.dataloader_train) - cpu_workers
+                if turn:
+                    record["cpu_main"] += time.process_time() - cpu_main
+                    record["cpu_workers"] += _worker_cpu_seconds(trainer.dataloader_train) - cpu_workers
     finally:
         for trainer in trainers.values():
             for loader in (trainer.dataloader_train, trainer.dataloader_val):
@@ -143,7 +146,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--shape", type=_parse_shape, default=(64, 160, 160), help="phantom shape z x y x x")
-    parser.add_argument("--rounds", type=int, default=5, help="turns each trainer takes")
+    parser.add_argument("--rounds", type=int, default=8, help="timed turns each trainer takes (after one untimed)")
     parser.add_argument("--iterations", type=int, default=12, help="timed iterations per turn")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations at the start of each turn")
     parser.add_argument("--workers", type=int, default=max(1, min((os.cpu_count() or 1) - 1, 4)),
