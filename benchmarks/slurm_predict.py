@@ -1,6 +1,7 @@
 """Cohort prediction on SLURM: 1 shard vs 2 shards on the local cluster, and the cost of a job.
 
-Needs a running cluster (``scripts/slurm-cluster.sh start``) and submitit. Each job gets one CPU and
+Needs a running cluster (``scripts/slurm-cluster.sh start``; ``make bench`` starts one where it can) and
+submitit; without a cluster that answers it prints why and skips. Each job gets one CPU and
 runs one torch thread (``--slurm-cpus-per-job 1``). Prints the wall time from submission until every
 shard has ended for 1 and 2 shards side by side with their ratio, and the submission overhead per job:
 ``sbatch`` time, and the time from submission until a job's Python process reports ``running``
@@ -27,6 +28,20 @@ def cpu_name() -> str:
     avx2 = "avx2" in Path("/proc/cpuinfo").read_text()
     cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
     return f"{cores} cores, {'AVX512 (' + ', '.join(flags) + ')' if flags else 'AVX2' if avx2 else 'no AVX2'}"
+
+
+def cluster_problem() -> str | None:
+    """Why no SLURM job could run here (None when ``srun`` runs one on the cluster)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm-cluster.sh"
+    try:
+        subprocess.run(["bash", str(script), "status"], capture_output=True, timeout=60, check=True)
+    except FileNotFoundError:
+        return "bash is not available"
+    except subprocess.TimeoutExpired:
+        return "`srun hostname` did not finish within 60 s"
+    except subprocess.CalledProcessError:
+        return "no SLURM cluster answers (start one with `scripts/slurm-cluster.sh start`, as root)"
+    return None
 
 
 def tiny_model(root: Path) -> Path:
@@ -72,6 +87,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="trained model folder (default: train a tiny one)")
     parser.add_argument("--cases", type=int, default=16, help="cohort size (default 16)")
     args = parser.parse_args()
+    problem = cluster_problem()
+    if problem:
+        print(f"skipped: {problem}; nothing measured ({cpu_name()})")
+        return
     from nnsdm.phantom import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
