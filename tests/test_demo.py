@@ -51,6 +51,7 @@ def test_summary_holds_held_out_scores_per_organ(demo_run):
     for organ in ORGANS:
         assert summary["dsc"][organ] == pytest.approx(metrics.loc[metrics["organ"] == organ, "dsc"].mean())
     assert summary["config"]["fold"] == "all" and summary["config"]["epochs"] == 1
+    assert summary["config"]["resample"] == "probabilities"
     from nnsdm.device import cpu_bf16_supported
 
     assert summary["config"]["cpu_precision"] == ("bf16" if cpu_bf16_supported() else "fp32")  # what the trainer used

@@ -331,7 +331,7 @@ def test_output_never_overwrites_an_input(tmp_path, trained_model, phantom_datas
 
 def test_bad_options(tmp_path, trained_model, oriented_inputs):
     for kwargs, problem in ((dict(step_size=0), "--step-size"), (dict(postprocess="biggest"), "--postprocess"),
-                            (dict(device="tpu"), "--device")):
+                            (dict(device="tpu"), "--device"), (dict(resample="labels"), "--resample")):
         with pytest.raises(NnsdmError, match=problem):
             predict(input=oriented_inputs, output=tmp_path / "out", model=trained_model, progress=False, **kwargs)
 
@@ -351,3 +351,67 @@ def test_cpu_precision_bf16_and_fp32_agree_on_the_labels(tmp_path, trained_model
     assert difference.max() > 0 and difference.mean() < 0.01  # another precision really ran, close to fp32
     with pytest.raises(NnsdmError, match="--cpu-precision fp16"):
         predict(input=image, output=tmp_path / "x", model=trained_model, cpu_precision="fp16", progress=False)
+
+
+def _organ_logits(model, shape, *, inside: float, outside: float) -> torch.Tensor:
+    """Logits of one box-shaped organ (label 1) on the preprocessed grid: it leads by ``inside`` within the
+    box, the background leads by ``outside`` elsewhere; the other labels trail far behind."""
+    logits = torch.full((model.label_manager.num_segmentation_heads, *shape), -20.0)
+    logits[0] = 0.0
+    logits[1] = -outside
+    z, y, x = shape
+    logits[1, z // 4:3 * z // 4, y // 4:3 * y // 4, x // 4:3 * x // 4] = inside
+    return logits
+
+
+def test_probability_resampling_keeps_an_organ_that_logit_resampling_shrinks(trained_model):
+    """nnU-Net v2 interpolates logits: a small lead inside the organ next to a large one outside moves the
+    boundary inwards. Probabilities (nnU-Net v1) saturate on both sides and keep the organ's size."""
+    from nnsdm.inference.predict import revert_to_input_grid
+
+    model = load_model(trained_model)
+    shape = (8, 16, 16)
+    fine = [s / 2 for s in model.configuration_manager.spacing]  # the input grid: twice as fine along every axis
+    properties = {"spacing": fine, "shape_after_cropping_and_before_resampling": [16, 32, 32],
+                  "shape_before_cropping": [16, 32, 32], "bbox_used_for_cropping": [[0, 16], [0, 32], [0, 32]]}
+    volumes = {}
+    for resample in ("logits", "probabilities"):
+        lopsided = revert_to_input_grid(_organ_logits(model, shape, inside=1.0, outside=8.0), model, properties,
+                                        resample=resample)
+        balanced = revert_to_input_grid(_organ_logits(model, shape, inside=8.0, outside=8.0), model, properties,
+                                        resample=resample)
+        volumes[resample] = (int((lopsided == 1).sum()), int((balanced == 1).sum()))
+    # balanced leads: both ways give the same organ; lopsided: logits lose many more voxels than probabilities
+    assert volumes["logits"][1] == volumes["probabilities"][1] > 0
+    assert volumes["logits"][0] < 0.8 * volumes["logits"][1]
+    assert volumes["probabilities"][0] > 0.9 * volumes["probabilities"][1]
+
+
+def test_probability_resampling_returns_the_resampled_softmax_not_a_second_softmax(trained_model):
+    from nnsdm.inference.predict import revert_to_input_grid
+
+    model = load_model(trained_model)
+    logits = torch.randn(model.label_manager.num_segmentation_heads, 6, 12, 12) * 4
+    properties = {"spacing": list(model.configuration_manager.spacing), "shape_after_cropping_and_before_resampling": [6, 12, 12],
+                  "shape_before_cropping": [6, 12, 12], "bbox_used_for_cropping": [[0, 6], [0, 12], [0, 12]]}
+    for resample in ("logits", "probabilities"):  # same grid: nothing to resample, so both give nnU-Net's softmax
+        segmentation, probabilities = revert_to_input_grid(logits, model, properties, resample=resample,
+                                                           return_probabilities=True)
+        np.testing.assert_allclose(probabilities, torch.softmax(logits, 0).numpy(), atol=1e-6)
+        np.testing.assert_array_equal(segmentation, logits.argmax(0).numpy())
+
+
+def test_resample_option_reaches_the_written_outputs(tmp_path, trained_model, oriented_inputs):
+    """Each export writes labels that are the argmax of the probabilities it writes; the two exports differ."""
+    image = oriented_inputs / "orig_0000.nii.gz"
+    outputs = {}
+    for resample in ("logits", "probabilities"):
+        written = predict(input=image, output=tmp_path / resample, model=trained_model, tta=False, device="cpu",
+                          resample=resample, save_probabilities=True, progress=False)
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(written[0])))
+        probabilities = np.load(tmp_path / resample / "orig.npz")["probabilities"]
+        assert probabilities.shape[1:] == labels.shape
+        np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-4)
+        assert (probabilities.argmax(0) == labels).mean() > 0.999  # ties aside
+        outputs[resample] = labels, probabilities
+    assert not np.allclose(outputs["logits"][1], outputs["probabilities"][1], atol=1e-3)

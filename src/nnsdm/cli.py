@@ -148,7 +148,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                       step_size=args.step_size, device=args.device, postprocess=args.postprocess, save_sdm=args.save_sdm,
                       save_probabilities=args.save_probabilities, output_format=args.output_format,
                       statistics=args.statistics, preview=args.preview, qc=args.qc, overwrite=args.overwrite,
-                      cpu_precision=args.cpu_precision)
+                      cpu_precision=args.cpu_precision, resample=args.resample)
     what = {"nifti": "label map(s)", "dicom-seg": "DICOM SEG case(s)", "both": "label map(s) and DICOM SEGs"}[args.output_format]
     print(f"{len(written)} {what} in {args.output}; time and memory per case in {args.output / 'efficiency.csv'}")
     if args.statistics:
@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "a contact sheet of all cases")
     p.add_argument("--cpu-precision", choices=["auto", "bf16", "fp32"], default="auto",
                    help="CPU only: bf16 autocast (as nnU-Net's fp16 on GPUs) or fp32 (default auto: bf16 where the CPU has native bf16)")
+    p.add_argument("--resample", choices=["logits", "probabilities"], default="logits",
+                   help="what is resampled back to the input grid: logits (nnU-Net v2, default) or softmax "
+                        "probabilities (nnU-Net v1; keeps small organs of briefly trained SDM models from shrinking)")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs already exist again")
     add_launcher_options(p, predict=True)
     p.set_defaults(func=_cmd_predict)

@@ -70,6 +70,9 @@ DEFAULTS = {
     "learning_rate": 3e-3,
 }
 VAL_ITERATIONS = 4  # validation batches per epoch: only feed nnU-Net's pseudo Dice curve (fold 'all')
+# What the held-out predictions resample back to the input grid (both models alike): softmax probabilities
+# (nnU-Net v1), not logits (v2), which shrank the small organs of some SDM models by 10-17% (README "Demo").
+RESAMPLE = "probabilities"
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -380,9 +383,9 @@ def _model_run(settings: _Settings, stages: _Stages, workspace, test_images: Pat
                        learning_rate=settings.learning_rate, stages=stages)
         done["text"] = f"model {model}"
     with stages.stage(f"predict {label}", f"{settings.test_cases} held-out cases, "
-                                          f"{'with' if settings.tta else 'no'} mirroring") as done:
+                                          f"{'with' if settings.tta else 'no'} mirroring, {RESAMPLE} resampled back") as done:
         predict(input=test_images, output=out / pred_name, model=model, folds=["all"], tta=settings.tta,
-                device=settings.device, qc=weight > 0, progress=settings.progress)
+                device=settings.device, qc=weight > 0, resample=RESAMPLE, progress=settings.progress)
         done["text"] = f"{out / pred_name}"
     with stages.stage(f"evaluate {label}", "DSC and NSD (1 mm) per organ, FLARE21 rules") as done:
         summary = evaluate_folder(pred=out / pred_name, gt=test_labels, out=out / eval_name, progress=settings.progress)
@@ -409,7 +412,7 @@ def _summary(settings: _Settings, stages: _Stages, planned, results: dict, compa
                    "epochs": settings.epochs, "iterations": settings.iterations,
                    "learning_rate": settings.learning_rate, "optimizer": "AdamW, poly schedule per iteration", "mirroring": False,
                    "seeds": settings.seeds,
-                   "val_iterations": VAL_ITERATIONS, "tta": settings.tta, "device": settings.device,
+                   "val_iterations": VAL_ITERATIONS, "tta": settings.tta, "resample": RESAMPLE, "device": settings.device,
                    "workers": settings.workers, "cpu_precision": sdm["precision"],
                    "preset": "cpu-small", "plan_spacing": planned.spacing, "patch_size": planned.patch_size,
                    "batch_size": planned.batch_size, "features_per_stage": planned.features_per_stage,

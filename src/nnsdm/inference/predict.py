@@ -3,7 +3,9 @@
 nnU-Net does the work: its preprocessing (``preprocessor.run_case_npy``), its predictor (sliding
 window with Gaussian weighting, mirroring test-time augmentation, fold ensemble) and its export
 (``convert_predicted_logits_to_segmentation_with_correct_shape``: resampling back, uncropping,
-untransposing). nnsdm builds the network itself (:func:`nnsdm.network.build_network`, never nnU-Net's
+untransposing). What is resampled back to the input grid is nnU-Net v2's logits by default, or, with
+``resample="probabilities"``, the softmax probabilities as nnU-Net v1 did (:func:`revert_to_input_grid`).
+nnsdm builds the network itself (:func:`nnsdm.network.build_network`, never nnU-Net's
 trainer lookup by class name: see :mod:`nnsdm.trainer` for why) and hands it to
 ``nnUNetPredictor.manual_initialization``.
 
@@ -62,6 +64,7 @@ from nnsdm.model_folder import ModelFolder
 from nnsdm.orientation import majority_orientation
 
 POSTPROCESS_CHOICES = ("none", "largest", "cv")
+RESAMPLE_CHOICES = ("logits", "probabilities")
 SDM_SUFFIX = "_sdm"
 
 
@@ -292,8 +295,54 @@ def case_outputs(case: Case, output: Path, *, save_sdm: bool = False, save_proba
     )
 
 
+def check_resample(resample: str) -> None:
+    """A clear error for a ``resample`` choice that does not exist."""
+    if resample not in RESAMPLE_CHOICES:
+        raise NnsdmError(f"--resample {resample}: choose {' or '.join(RESAMPLE_CHOICES)}")
+
+
+class _ProbabilitiesIn:
+    """A label manager for input that already holds probabilities: no second softmax on it."""
+
+    def __init__(self, label_manager) -> None:
+        self._label_manager = label_manager
+
+    def apply_inference_nonlin(self, probabilities):
+        return (torch.from_numpy(probabilities) if isinstance(probabilities, np.ndarray) else probabilities).float()
+
+    def convert_logits_to_segmentation(self, probabilities):
+        return self._label_manager.convert_probabilities_to_segmentation(probabilities)
+
+    def __getattr__(self, name):
+        return getattr(self._label_manager, name)
+
+
+def revert_to_input_grid(logits: torch.Tensor, model: LoadedModel, properties: dict, *, resample: str = "logits",
+                         return_probabilities: bool = False):
+    """The segmentation (and probabilities) of preprocessed-grid ``logits`` on the case's own grid.
+
+    nnU-Net's export does the work (resampling with the plan's ``resampling_fn_probabilities``,
+    uncropping, untransposing). ``resample``: ``logits`` resamples the logits, then takes the argmax
+    (nnU-Net v2); ``probabilities`` applies the softmax first and resamples the probabilities (nnU-Net
+    v1). Where an organ's logits lead by less inside it than the background's lead outside it (measured
+    on SDM models trained briefly, README "Demo"), interpolated logits put the boundary inside the organ
+    and small organs come out shrunk; probabilities saturate on both sides and do not.
+    """
+    from nnunetv2.configuration import default_num_processes
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    check_resample(resample)
+    label_manager = model.label_manager
+    if resample == "probabilities":
+        logits = label_manager.apply_inference_nonlin(logits)
+        label_manager = _ProbabilitiesIn(label_manager)
+    return convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, model.plans_manager, model.configuration_manager, label_manager, properties,
+        return_probabilities=return_probabilities, num_threads_torch=default_num_processes)
+
+
 def predict_case(case: Case, model: LoadedModel, predictor, outputs: CaseOutputs, *,
-                 keep: dict[int, int] | None, qc: bool = False) -> tuple:
+                 keep: dict[int, int] | None, qc: bool = False, resample: str = "logits") -> tuple:
     """Read, preprocess, predict, revert to the input grid, post-process and write one case.
 
     Extra outputs are written first and the main one (:attr:`CaseOutputs.main`) last, each atomically:
@@ -301,8 +350,6 @@ def predict_case(case: Case, model: LoadedModel, predictor, outputs: CaseOutputs
     for (``outputs.statistics``, else ``None``) and its ``qc.csv`` rows with ``qc`` (else an empty list).
     """
     import SimpleITK as sitk
-    from nnunetv2.configuration import default_num_processes
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
     from nnsdm.postprocessing import keep_largest_components
 
@@ -319,9 +366,8 @@ def predict_case(case: Case, model: LoadedModel, predictor, outputs: CaseOutputs
     sdm = None
     if outputs.sdm is not None or qc:
         sdm = sdm_to_input_grid(logits[heads:], properties, model.plans_manager, model.configuration_manager)
-    result = convert_predicted_logits_to_segmentation_with_correct_shape(
-        logits[:heads], model.plans_manager, model.configuration_manager, model.label_manager, properties,
-        return_probabilities=outputs.probabilities is not None or qc, num_threads_torch=default_num_processes)
+    result = revert_to_input_grid(logits[:heads], model, properties, resample=resample,
+                                  return_probabilities=outputs.probabilities is not None or qc)
     del logits
     segmentation, probabilities = result if outputs.probabilities is not None or qc else (result, None)
     segmentation = orientation.undo(np.asarray(segmentation))
@@ -411,6 +457,7 @@ def predict(
     qc: bool = False,
     overwrite: bool = False,
     cpu_precision: str = "auto",
+    resample: str = "logits",
     progress: bool = True,
 ) -> list[Path]:
     """Segment every case of ``input`` into ``output/CASE.nii.gz``; return each case's main output path.
@@ -431,10 +478,13 @@ def predict(
     here), ``fp32`` in full precision, ``auto`` picks bf16 where the CPU computes it natively. ``qc`` (SDM
     models) scores every organ of every case in ``output/qc.csv`` (:mod:`nnsdm.inference.qc`: agreement of
     the SDM head with the segmentation, and a softmax-entropy baseline); a case without rows there is
-    predicted again.
+    predicted again. ``resample``: what is taken back to the input grid, ``logits`` (nnU-Net v2, default)
+    or ``probabilities`` (nnU-Net v1; keeps small organs of briefly trained SDM models from shrinking,
+    see :func:`revert_to_input_grid`).
     """
     from tqdm import tqdm
 
+    check_resample(resample)
     if not 0 < float(step_size) <= 1:
         raise NnsdmError(f"--step-size {step_size}: must be in (0, 1]")
     if postprocess not in POSTPROCESS_CHOICES:
@@ -463,14 +513,15 @@ def predict(
         with hold(output, lock_name("predict")):  # one writer per output folder
             remove_stale_temporaries(output, [p for _, o in todo for p in o.all()])  # left by an interrupted run
             _predict_todo(todo, loaded, output, torch_device, keep, tta=tta, step_size=step_size, save_sdm=save_sdm,
-                          qc=qc, cpu_precision=cpu_precision, skipped=len(plan) - len(todo), progress=progress)
+                          qc=qc, cpu_precision=cpu_precision, resample=resample, skipped=len(plan) - len(todo),
+                          progress=progress)
     if preview and (todo or not (output / CONTACT_SHEET).is_file()):
         write_contact_sheet(output, [o.preview for _, o in plan])
     return [o.main for _, o in plan]
 
 
 def _predict_todo(todo: list, loaded: LoadedModel, output: Path, torch_device, keep, *, tta: bool, step_size: float,
-                  save_sdm: bool, qc: bool, cpu_precision: str, skipped: int, progress: bool) -> None:
+                  save_sdm: bool, qc: bool, cpu_precision: str, resample: str, skipped: int, progress: bool) -> None:
     from tqdm import tqdm
 
     predictor = make_predictor(loaded, device=torch_device, tta=tta, step_size=float(step_size), with_sdm=save_sdm or qc,
@@ -481,7 +532,7 @@ def _predict_todo(todo: list, loaded: LoadedModel, output: Path, torch_device, k
     for case, outs in bar:
         bar.set_postfix(case=case.name)
         with CaseMonitor(case.name, torch_device) as monitor:
-            table, rows = predict_case(case, loaded, predictor, outs, keep=keep, qc=qc)
+            table, rows = predict_case(case, loaded, predictor, outs, keep=keep, qc=qc, resample=resample)
         update_efficiency_csv(output / EFFICIENCY_FILE, [monitor.result])
         record_case_tables(output, case, outs, table, rows, qc=qc)
 

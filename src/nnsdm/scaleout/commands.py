@@ -107,7 +107,7 @@ def predict_jobs(args: argparse.Namespace) -> int:
     options = dict(folds=folds, tta=not args.no_tta, step_size=args.step_size, device=args.device,
                    postprocess=args.postprocess, save_sdm=args.save_sdm, save_probabilities=args.save_probabilities,
                    cpu_precision=args.cpu_precision, output_format=args.output_format, statistics=args.statistics,
-                   preview=args.preview, qc=args.qc)
+                   preview=args.preview, qc=args.qc, resample=args.resample)
     records = prediction_records(input=args.input, output=args.output, model=args.model, shards=args.shards, options=options)
     args.launcher = args.launcher or "local"
     code = launch(records, args, follow=f"nnsdm status {args.output}", use_gpus=args.device != "cpu")

@@ -89,7 +89,8 @@ def _predict_shard(record: JobRecord, todo: list, failed: dict[str, str], *, qc:
         try:
             check_case(case)
             with CaseMonitor(case.name, device) as monitor:
-                table, rows = predict_case(case, model, predictor, outs, keep=keep, qc=qc)
+                table, rows = predict_case(case, model, predictor, outs, keep=keep, qc=qc,
+                                           resample=spec.get("resample", "logits"))
             update_efficiency_csv(_shard_efficiency_file(record), [monitor.result])
             with _merge_lock(record.folder):  # the output's tables are shared by all shards
                 record_case_tables(output, case, outs, table, rows, qc=qc)

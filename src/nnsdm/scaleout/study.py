@@ -105,10 +105,10 @@ def prediction_records(*, input: Path, output: Path, model: Path, shards: int, o
     """One job per shard of the input's cases (checked and listed now, predicted by the jobs).
 
     ``options``: :func:`nnsdm.inference.predict`'s folds, tta, step_size, device, postprocess,
-    save_sdm, save_probabilities and cpu_precision.
+    save_sdm, save_probabilities, cpu_precision and resample.
     """
     from nnsdm.inference import find_cases, load_model
-    from nnsdm.inference.predict import _postprocess_rule
+    from nnsdm.inference.predict import _postprocess_rule, check_resample
 
     if shards < 1:
         raise NnsdmError(f"--shards {shards}: must be >= 1")
@@ -117,6 +117,7 @@ def prediction_records(*, input: Path, output: Path, model: Path, shards: int, o
         raise NnsdmError(f"{output}: output exists and is not a folder")
     if not 0 < float(options["step_size"]) <= 1:
         raise NnsdmError(f"--step-size {options['step_size']}: must be in (0, 1]")
+    check_resample(options.get("resample", "logits"))
     cases = find_cases(Path(input))
     loaded = load_model(Path(model), folds=options.get("folds"))  # a broken model folder fails here, not in N jobs
     if options.get("save_sdm") and loaded.num_sdm_channels == 0:
