@@ -326,7 +326,7 @@ def revert_to_input_grid(logits: torch.Tensor, model: LoadedModel, properties: d
     (nnU-Net v2); ``probabilities`` applies the softmax first and resamples the probabilities (nnU-Net
     v1). Where an organ's logits lead by less inside it than the background's lead outside it (measured
     on SDM models trained briefly, README "Demo"), interpolated logits put the boundary inside the organ
-    and small organs come out shrunk; probabilities saturate on both sides and do not.
+    and small organs come out shrunk; probabilities saturate on both sides and move it much less.
     """
     from nnunetv2.configuration import default_num_processes
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
