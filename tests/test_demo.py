@@ -78,7 +78,8 @@ def test_model_path_is_accepted_by_predict(demo_run, tmp_path):
     model = Path(summary["model"])
     assert model.is_absolute() and model.name == "nnsdmTrainer__nnUNetPlans__3d_fullres"
     image = out / "data" / "test" / "imagesTs" / "test_001_0000.nii.gz"
-    written = predict(input=image, output=tmp_path / "pred", model=model, tta=False, device="cpu", progress=False)
+    written = predict(input=image, output=tmp_path / "pred", model=model, tta=False, device="cpu",
+                      resample=summary["config"]["resample"], progress=False)
     assert [p.name for p in written] == ["test_001.nii.gz"]
     pred, ref = sitk.ReadImage(str(written[0])), sitk.ReadImage(str(image))
     assert pred.GetSize() == ref.GetSize() and pred.GetDirection() == ref.GetDirection()
