@@ -366,7 +366,7 @@ def _organ_logits(model, shape, *, inside: float, outside: float) -> torch.Tenso
 
 def test_probability_resampling_keeps_an_organ_that_logit_resampling_shrinks(trained_model):
     """nnU-Net v2 interpolates logits: a small lead inside the organ next to a large one outside moves the
-    boundary inwards. Probabilities (nnU-Net v1) saturate on both sides and keep the organ's size."""
+    boundary inwards. Probabilities (nnU-Net v1) saturate on both sides and keep most of the organ."""
     from nnsdm.inference.predict import revert_to_input_grid
 
     model = load_model(trained_model)
